@@ -1,0 +1,387 @@
+"""The ``contimg`` command line.
+
+Every command has ``--help``; every command that lists or reports has
+``--json``. Errors are one line on stderr naming the thing and what to do,
+with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+from . import config as _config
+from .errors import ContimgError
+
+log = logging.getLogger("contimg")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def _print_json(obj) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def _load_config(args) -> _config.Config:
+    return _config.load(getattr(args, "config", None))
+
+
+# -- config --------------------------------------------------------------------
+
+
+def cmd_config_show(args) -> int:
+    cfg = _load_config(args)
+    flat = _config.flatten(cfg)
+    if args.json:
+        _print_json({"file": str(cfg.file) if cfg.file else None,
+                     "values": {k: {"value": v, "source": _config.source_of(cfg, k)} for k, v in flat.items()}})
+        return EXIT_OK
+    print(f"# config file: {cfg.file or '(none: defaults and environment)'}")
+    width = max(len(k) for k in flat)
+    for k, v in flat.items():
+        shown = _redact(k, v)
+        print(f"{k:<{width}}  {json.dumps(shown, default=str):<40}  # {_config.source_of(cfg, k)}")
+    return EXIT_OK
+
+
+def _redact(key: str, value):
+    """Hide passwords in URLs when printing."""
+    if isinstance(value, str) and "://" in value and "@" in value:
+        scheme, rest = value.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        user = cred.split(":")[0] if ":" in cred else ""
+        return f"{scheme}://{user}:***@{host}"
+    return value
+
+
+# -- simulate ------------------------------------------------------------------
+
+
+def cmd_simulate(args) -> int:
+    from . import simulate
+
+    if args.scenario:
+        scen = simulate.Scenario.from_toml(args.scenario)
+    else:
+        scen = simulate.Scenario()
+    overrides = {k: getattr(args, k) for k in ("preset", "n_blocks", "date", "start", "dec_deg", "seed")
+                 if getattr(args, k) is not None}
+    if args.no_gains:
+        overrides["gains"] = False
+    if args.no_noise:
+        overrides["noise"] = False
+    scen = scen.replace(**overrides) if hasattr(scen, "replace") else _dc_replace(scen, overrides)
+    progress = None if args.json or args.quiet else (lambda line: print(line, flush=True))
+    summary = simulate.simulate_night(scen, Path(args.out_dir), progress=progress)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {summary.get('n_files', '?')} files of {summary.get('n_blocks', '?')} blocks to "
+              f"{args.out_dir} in {summary.get('seconds', 0):.1f} s")
+    return EXIT_OK
+
+
+def _dc_replace(obj, overrides):
+    import dataclasses
+
+    return dataclasses.replace(obj, **overrides)
+
+
+# -- convert -------------------------------------------------------------------
+
+
+def cmd_convert(args) -> int:
+    from .convert import convert_subband
+
+    t0 = time.monotonic()
+    res = convert_subband(Path(args.input), Path(args.output))
+    d = res.as_dict()
+    if args.json:
+        _print_json(d)
+    else:
+        print(f"{args.input} -> {args.output} in {time.monotonic() - t0:.1f} s; "
+              f"UVW check max {d.get('uvw_max_m', float('nan')):.2e} m, rms {d.get('uvw_rms_m', float('nan')):.2e} m")
+    return EXIT_OK
+
+
+# -- blocks --------------------------------------------------------------------
+
+
+def cmd_blocks(args) -> int:
+    from .blocks import discover
+
+    cfg = _load_config(args)
+    tol = args.tolerance if args.tolerance is not None else cfg.pipeline.block_tolerance_s
+    disc = discover(args.directory, tolerance_s=tol, recursive=args.recursive)
+    if args.json:
+        _print_json(disc.as_dict())
+        return EXIT_OK
+    print(f"{len(disc.blocks)} blocks in {disc.directory} (tolerance {tol:g} s)")
+    for b in disc.blocks:
+        extra = []
+        if b.missing:
+            extra.append("missing " + ",".join(f"sb{s:02d}" for s in b.missing))
+        if b.duplicates:
+            extra.append("duplicated " + ",".join(f"sb{s:02d}" for s in b.duplicates))
+        print(f"  {b.block_id}  {len(b.files):>2}/16 subbands" + (f"  ({'; '.join(extra)})" if extra else ""))
+    if disc.stray:
+        print(f"{len(disc.stray)} files that are not subband files:")
+        for p in disc.stray:
+            print(f"  {p}")
+    return EXIT_OK
+
+
+# -- run -----------------------------------------------------------------------
+
+
+def cmd_run(args) -> int:
+    from . import pipeline
+    from .blocks import discover
+
+    cfg = _load_config(args)
+    data_dir = Path(args.directory).resolve()
+    disc = discover(data_dir, tolerance_s=cfg.pipeline.block_tolerance_s)
+    if not disc.blocks:
+        print(f"contimg: no subband files (*_sbNN.hdf5) in {data_dir}; nothing to run", file=sys.stderr)
+        return EXIT_FAILED
+    local = args.local or cfg.local
+    if local:
+        # The private cluster reads this directory: make it the data root for this run.
+        cfg.paths.data_root = data_dir
+        cfg.source["paths.data_root"] = "run DIR"
+    say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+    t0 = time.monotonic()
+    if local:
+        from .cluster import LocalCluster
+
+        workdir = Path(args.workdir) if args.workdir else cfg.paths.products_root / "local-cluster"
+        say(f"starting a private redis-server and {len(cfg.nodes)} workers ({', '.join(cfg.nodes)}) in {workdir}")
+        with LocalCluster(cfg, workdir) as cl:
+            say(f"cluster ready in {time.monotonic() - t0:.1f} s; submitting {len(disc.blocks)} blocks")
+            records = _submit_and_wait(cl.config, disc, data_dir, say, args.timeout)
+    else:
+        from .tasks.app import configure
+
+        configure(cfg)
+        records = _submit_and_wait(cfg, disc, data_dir, say, args.timeout)
+    summary = pipeline.summarize(records, time.monotonic() - t0)
+    if args.json:
+        _print_json(summary)
+    else:
+        print(pipeline.format_summary(summary))
+    return EXIT_OK if summary["n_failed"] == 0 or args.allow_failures else EXIT_FAILED
+
+
+def _submit_and_wait(cfg, disc, data_dir, say, timeout):
+    from . import pipeline
+
+    subs = pipeline.submit(cfg, disc.blocks, data_dir)
+    return pipeline.wait(cfg, [s.block_id for s in subs], progress=say, timeout_s=timeout)
+
+
+# -- demo ----------------------------------------------------------------------
+
+
+def cmd_demo(args) -> int:
+    """Simulate a small night and run it on a private local cluster."""
+    base = Path(args.dir).resolve()
+    env_cfg = dict(os.environ)
+    for key, sub in (("PATHS__DATA_ROOT", "data"), ("PATHS__PRODUCTS_ROOT", "products"),
+                     ("PATHS__ARCHIVE_ROOT", "archive"), ("PATHS__SCRATCH_ROOT", "scratch")):
+        env_cfg.setdefault(_config.ENV_PREFIX + key, str(base / sub))
+    env_cfg.pop(_config.ENV_PREFIX + "BROKER__URL", None)
+    cfg = _config.load(args.config, env=env_cfg)
+    from . import simulate
+
+    data = cfg.paths.data_root
+    scen = _dc_replace(simulate.Scenario(), {"preset": args.preset, "n_blocks": args.blocks, "seed": args.seed})
+    print(f"== simulating {args.blocks} blocks x 16 subbands (preset {args.preset}) into {data}", flush=True)
+    t0 = time.monotonic()
+    sim = simulate.simulate_night(scen, data, progress=None)
+    t_sim = time.monotonic() - t0
+    print(f"   {sim.get('n_files', '?')} files in {t_sim:.1f} s", flush=True)
+    print("== processing on a private local cluster", flush=True)
+    from . import pipeline
+    from .blocks import discover
+    from .cluster import LocalCluster
+
+    disc = discover(data, tolerance_s=cfg.pipeline.block_tolerance_s)
+    t1 = time.monotonic()
+    with LocalCluster(cfg, base / "cluster") as cl:
+        print(f"   redis + workers {', '.join(cfg.nodes)} ready in {time.monotonic() - t1:.1f} s", flush=True)
+        records = pipeline.submit(cl.config, disc.blocks, data)
+        records = pipeline.wait(cl.config, [s.block_id for s in records],
+                                progress=lambda s: print("   " + s, flush=True), timeout_s=args.timeout)
+    summary = pipeline.summarize(records, time.monotonic() - t1)
+    print("== summary")
+    print(pipeline.format_summary(summary))
+    print(f"simulation {t_sim:.1f} s, processing {summary['wall_s']:.1f} s; products database {cfg.database_url}")
+    return EXIT_OK if summary["n_failed"] == 0 else EXIT_FAILED
+
+
+# -- status --------------------------------------------------------------------
+
+
+def cmd_status(args) -> int:
+    from . import database as db
+    from .products import check_block_id
+
+    cfg = _load_config(args)
+    ids = None
+    if args.block:
+        ids = [check_block_id(b) for b in args.block]
+    recs = db.blocks(cfg.database_url, ids, date=args.date)
+    if ids:
+        unknown = sorted(set(ids) - {r["block_id"] for r in recs})
+        if unknown:
+            print(f"contimg: unknown block id(s) {', '.join(unknown)}; `contimg status` lists the known blocks",
+                  file=sys.stderr)
+            return EXIT_FAILED
+    if args.json:
+        _print_json(recs)
+        return EXIT_OK
+    if not recs:
+        print(f"no blocks recorded in {cfg.database_url}")
+        return EXIT_OK
+    print(f"{'block':<20} {'state':<8} {'sb ok':>5} {'node':<8} {'att':>3}  image / reason")
+    for r in recs:
+        img = r["products"].get("image_fits") or ""
+        print(f"{r['block_id']:<20} {r['state']:<8} {r['n_subbands_ok']:>2}/16 {r['imaging_node'] or '-':<8} "
+              f"{r['attempts']:>3}  {img}")
+        if r["reason"]:
+            print(f"{'':<20} reason: {r['reason']}")
+        if args.verbose:
+            for sb in r["subbands"]:
+                if sb["state"] != "ok":
+                    print(f"{'':<20}   sb{sb['subband']:02d} {sb['state']}: {sb['reason']}")
+    return EXIT_OK
+
+
+# -- worker --------------------------------------------------------------------
+
+
+def cmd_worker(args) -> int:
+    cfg = _load_config(args)
+    node = cfg.node(args.node)
+    if cfg.local:
+        raise _config.ConfigError("broker.url: a worker needs a broker; set broker.url (or use `contimg run --local`)")
+    os.environ[_config.ENV_PREFIX + "CONFIG"] = str(cfg.file) if cfg.file else ""
+    from .tasks.app import configure
+
+    app = configure(cfg)
+    queues = [node.queue]
+    argv = ["worker", f"--hostname={node.name}@%h", f"--queues={','.join(queues)}",
+            f"--concurrency={args.concurrency}", f"--loglevel={args.loglevel}", "--prefetch-multiplier=1",
+            "--without-mingle", "--without-gossip"]
+    app.worker_main(argv)
+    return EXIT_OK
+
+
+# -- parser --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="contimg", description="DSA-110 continuum imaging pipeline.")
+    p.add_argument("--version", action="version", version=f"contimg {__version__}")
+    p.add_argument("--config", help="TOML configuration file (default: $CONTIMG_CONFIG or ./contimg.toml)")
+    p.add_argument("-v", "--verbose", action="store_true", help="log more")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    c = sub.add_parser("config", help="show the effective configuration")
+    csub = c.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
+    cs = csub.add_parser("show", help="print every value and where it came from")
+    cs.add_argument("--json", action="store_true", help="machine-readable output")
+    cs.set_defaults(func=cmd_config_show)
+    c.set_defaults(func=lambda a: (c.print_help(), EXIT_USAGE)[1])
+
+    s = sub.add_parser("simulate", help="write a simulated night of DSA-110 subband files")
+    s.add_argument("out_dir", help="directory to write the *_sbNN.hdf5 files and truth into")
+    s.add_argument("--scenario", help="scenario TOML file (sources, faults, calibrator); see docs/simulation.md")
+    s.add_argument("--preset", help="full, small or tiny (default from the scenario: small)")
+    s.add_argument("--blocks", dest="n_blocks", type=int, help="number of observation blocks")
+    s.add_argument("--date", help="UTC date YYYY-MM-DD")
+    s.add_argument("--start", help="UTC start time HH:MM:SS of the first block")
+    s.add_argument("--dec", dest="dec_deg", type=float, help="pointing declination, degrees")
+    s.add_argument("--seed", type=int, help="random seed")
+    s.add_argument("--no-gains", action="store_true", help="unit antenna gains and no bandpass errors")
+    s.add_argument("--no-noise", action="store_true", help="no thermal noise")
+    s.add_argument("--quiet", action="store_true", help="no progress lines")
+    s.add_argument("--json", action="store_true", help="print the summary as JSON")
+    s.set_defaults(func=cmd_simulate)
+
+    cv = sub.add_parser("convert", help="convert one subband file to a Measurement Set")
+    cv.add_argument("input", help="subband UVH5 file")
+    cv.add_argument("output", help="Measurement Set to write")
+    cv.add_argument("--json", action="store_true", help="print the result as JSON")
+    cv.set_defaults(func=cmd_convert)
+
+    b = sub.add_parser("blocks", help="group the subband files of a directory into blocks")
+    b.add_argument("directory", help="directory holding *_sbNN.hdf5 files")
+    b.add_argument("--tolerance", type=float, help="seconds between files of one block (default: config, 60)")
+    b.add_argument("--recursive", action="store_true", help="look into subdirectories too")
+    b.add_argument("--json", action="store_true", help="machine-readable output")
+    b.set_defaults(func=cmd_blocks)
+
+    r = sub.add_parser("run", help="process every block found in a directory")
+    r.add_argument("directory", help="directory holding *_sbNN.hdf5 files")
+    r.add_argument("--local", action="store_true",
+                   help="start a private redis-server and workers (default when broker.url is empty)")
+    r.add_argument("--workdir", help="where the private cluster keeps its logs (default: products_root/local-cluster)")
+    r.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
+    r.add_argument("--allow-failures", action="store_true", help="exit 0 even if some blocks failed")
+    r.add_argument("--json", action="store_true", help="print the summary as JSON")
+    r.set_defaults(func=cmd_run)
+
+    d = sub.add_parser("demo", help="simulate a small night and process it on a private local cluster")
+    d.add_argument("--dir", default="demo", help="directory for data, products and logs (default ./demo)")
+    d.add_argument("--blocks", type=int, default=6, help="number of blocks (default 6)")
+    d.add_argument("--preset", default="small", help="simulation preset (default small)")
+    d.add_argument("--seed", type=int, default=42, help="random seed")
+    d.add_argument("--timeout", type=float, default=3600, help="give up after this many seconds")
+    d.set_defaults(func=cmd_demo)
+
+    st = sub.add_parser("status", help="state, reason and products of each block")
+    st.add_argument("--block", action="append", help="only this block id (repeatable)")
+    st.add_argument("--date", help="only blocks of this UTC date")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st.add_argument("--verbose", action="store_true", help="list failed subbands with reasons")
+    st.set_defaults(func=cmd_status)
+
+    w = sub.add_parser("worker", help="start a Celery worker for one node's queue")
+    w.add_argument("--node", required=True, help="node name from the node map")
+    w.add_argument("--concurrency", type=int, default=1, help="worker processes (CASA: one call per process)")
+    w.add_argument("--loglevel", default="INFO", help="Celery log level")
+    w.set_defaults(func=cmd_worker)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    # SIGTERM ends the command like Ctrl-C, so context managers stop what they started.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("contimg: interrupted; stopped every process this command started", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ContimgError, FileNotFoundError, NotADirectoryError, ValueError, KeyError, TimeoutError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"contimg: {msg}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""The one typed configuration of contimg.
+
+Values come from, in increasing priority: the defaults below, a TOML file
+(``--config PATH``, else ``$CONTIMG_CONFIG``, else ``./contimg.toml`` when it
+exists), and environment variables ``CONTIMG_<SECTION>__<KEY>`` (for a node:
+``CONTIMG_NODES__<NODE>__<KEY>``). Every value remembers where it came from;
+``contimg config show`` prints both.
+
+Relative paths in a file are taken relative to that file's directory; relative
+defaults and environment values relative to the working directory. After
+loading, every path is absolute, so workers started elsewhere see the same
+roots.
+
+A malformed or inconsistent configuration raises :class:`ConfigError` whose
+message names the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .telescope import N_SUBBANDS
+
+ENV_PREFIX = "CONTIMG_"
+DEFAULT_FILE = "contimg.toml"
+DEFAULT_BASE = "contimg-work"
+
+
+@dataclass
+class PathsConfig:
+    """Where data live."""
+
+    data_root: Path = Path(DEFAULT_BASE) / "data"
+    """Raw subband files (``*_sbNN.hdf5``) arrive here."""
+    products_root: Path = Path(DEFAULT_BASE) / "products"
+    """Per-block products (concatenated MS, FITS images)."""
+    archive_root: Path = Path(DEFAULT_BASE) / "archive"
+    """The shared archive that products are ingested into."""
+    scratch_root: Path = Path(DEFAULT_BASE) / "scratch"
+    """Default node-local scratch; a node's own ``scratch_root`` overrides it."""
+    allowed_roots: list[Path] = field(default_factory=list)
+    """Extra roots a task may read from (besides data_root); paths in messages are checked."""
+
+
+@dataclass
+class BrokerConfig:
+    """Redis as broker and result store."""
+
+    url: str = ""
+    """``redis://[:password@]host:port/db``; empty means a private local Redis (``--local``)."""
+    visibility_timeout_s: int = 6 * 3600
+    """Redelivery of unacknowledged messages; above the longest task (FIELD-NOTES §4)."""
+    result_expires_s: int = 7 * 24 * 3600
+    """Chord counters and results live this long; far above the longest chord wait."""
+    task_time_limit_s: int = 3600
+    """Hard limit per task: a hung task is killed and recorded."""
+
+
+@dataclass
+class DatabaseConfig:
+    """The products database."""
+
+    url: str = ""
+    """Any SQLAlchemy URL; empty means SQLite at ``{products_root}/contimg.sqlite``."""
+
+
+@dataclass
+class NodeConfig:
+    """One processing node: its queue, NVMe scratch and subbands."""
+
+    name: str
+    subbands: list[int]
+    """Subbands whose files this node holds (0..15)."""
+    imaging: bool = False
+    """Whether this node runs the per-block callback (concatenate, image)."""
+    scratch_root: Path | None = None
+    """Node-local scratch; defaults to ``{paths.scratch_root}/{name}``."""
+
+    @property
+    def queue(self) -> str:
+        """The Celery queue of this node."""
+        return self.name
+
+
+@dataclass
+class PipelineConfig:
+    """How blocks are formed and processed."""
+
+    block_tolerance_s: float = 60.0
+    """Subband files whose start times differ by at most this belong to one block."""
+    min_subbands: int = 12
+    """A block is imaged only if at least this many subbands converted."""
+    max_retries: int = 3
+    """Retries of a transient fault, with exponential backoff and jitter."""
+    keep_scratch_on_failure: bool = False
+    """Keep a failed block's scratch directory for debugging."""
+
+
+@dataclass
+class ImagingConfig:
+    """tclean settings for the Stokes I block image."""
+
+    niter: int = 2000
+    """Maximum clean iterations (0 would be a dirty image; the pipeline cleans)."""
+    threshold_jy: float = 0.0
+    """Absolute clean threshold; 0 means ``threshold_sigma`` times the measured noise."""
+    threshold_sigma: float = 4.0
+    """Clean down to this many times the noise measured on the dirty image."""
+    cell_arcsec: float = 0.0
+    """Pixel size; 0 means a fifth of the synthesized beam from the longest baseline."""
+    imsize: int = 0
+    """Image side in pixels; 0 means cover the primary beam down to ``pb_limit``."""
+    max_imsize: int = 4096
+    """Upper bound on the automatic image size."""
+    pb_limit: float = 0.2
+    """Primary-beam level that the image covers and below which it is masked."""
+    weighting: str = "briggs"
+    """tclean weighting: natural, uniform or briggs."""
+    robust: float = 0.0
+    """Briggs robust parameter."""
+    gridder: str = "standard"
+    """tclean gridder (standard or wproject)."""
+    deconvolver: str = "hogbom"
+    """tclean deconvolver."""
+
+
+@dataclass
+class Config:
+    """The effective configuration."""
+
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    nodes: dict[str, NodeConfig] = field(default_factory=dict)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    source: dict[str, str] = field(default_factory=dict, repr=False)
+    """Where each dotted key's value came from: default, file:PATH or env:VAR."""
+    file: Path | None = None
+    """The TOML file that was read, if any."""
+
+    # -- derived views -------------------------------------------------
+    def node(self, name: str) -> NodeConfig:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ConfigError(
+                f"node {name!r} is not in the node map (known: {', '.join(self.nodes)}); "
+                "add [nodes.%s] to the config" % name
+            ) from None
+
+    def node_for_subband(self, subband: int) -> NodeConfig:
+        for n in self.nodes.values():
+            if subband in n.subbands:
+                return n
+        raise ConfigError(f"nodes: no node holds subband {subband}")
+
+    def imaging_nodes(self) -> list[NodeConfig]:
+        return [n for n in self.nodes.values() if n.imaging]
+
+    def scratch_root(self, node: str) -> Path:
+        n = self.node(node)
+        return n.scratch_root if n.scratch_root is not None else self.paths.scratch_root / n.name
+
+    @property
+    def database_url(self) -> str:
+        return self.database.url or f"sqlite:///{self.paths.products_root / 'contimg.sqlite'}"
+
+    @property
+    def local(self) -> bool:
+        """True when no broker is configured: run with a private Redis."""
+        return not self.broker.url
+
+    def with_broker(self, url: str) -> Config:
+        """A copy that uses ``url`` as broker (for the private local Redis)."""
+        new = dataclasses.replace(self, broker=dataclasses.replace(self.broker, url=url))
+        new.source = dict(self.source, **{"broker.url": "local"})
+        return new
+
+
+def default_nodes() -> dict[str, NodeConfig]:
+    """Two nodes standing for two machines: sb00-07 on node1 (which images), sb08-15 on node2."""
+    return {
+        "node1": NodeConfig(name="node1", subbands=list(range(0, 8)), imaging=True),
+        "node2": NodeConfig(name="node2", subbands=list(range(8, 16)), imaging=False),
+    }
+
+
+# ---------------------------------------------------------------------------
+# loading
+# ---------------------------------------------------------------------------
+
+_SECTIONS = {
+    "paths": PathsConfig,
+    "broker": BrokerConfig,
+    "database": DatabaseConfig,
+    "pipeline": PipelineConfig,
+    "imaging": ImagingConfig,
+}
+_NODE_KEYS = {"subbands", "imaging", "scratch_root"}
+
+
+def find_config_file(explicit: str | os.PathLike | None = None) -> Path | None:
+    """The TOML file to read: explicit, ``$CONTIMG_CONFIG`` or ``./contimg.toml``."""
+    if explicit:
+        p = Path(explicit)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass an existing TOML file to --config")
+        return p.resolve()
+    env = os.environ.get(ENV_PREFIX + "CONFIG")
+    if env:
+        p = Path(env)
+        if not p.is_file():
+            raise ConfigError(f"CONTIMG_CONFIG={env} does not exist; unset it or point it at a TOML file")
+        return p.resolve()
+    p = Path(DEFAULT_FILE)
+    return p.resolve() if p.is_file() else None
+
+
+def load(path: str | os.PathLike | None = None, env: dict[str, str] | None = None) -> Config:
+    """Load and validate the effective configuration.
+
+    Parameters
+    ----------
+    path : path, optional
+        TOML file; see :func:`find_config_file` for the search when omitted.
+    env : dict, optional
+        Environment to read overrides from (default ``os.environ``).
+    """
+    env = dict(os.environ if env is None else env)
+    file = find_config_file(path)
+    raw: dict[str, Any] = {}
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {file} is not valid TOML: {e}") from None
+    cfg = Config(file=file)
+    _set_defaults_source(cfg)
+    base_dir = file.parent if file else Path.cwd()
+    _apply_mapping(cfg, raw, origin=f"file:{file}", base_dir=base_dir)
+    _apply_env(cfg, env)
+    if not cfg.nodes:
+        cfg.nodes = default_nodes()
+        for name in cfg.nodes:
+            cfg.source[f"nodes.{name}"] = "default"
+    _absolutize(cfg)
+    validate(cfg)
+    return cfg
+
+
+def _set_defaults_source(cfg: Config) -> None:
+    for sec in _SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, sec)):
+            cfg.source[f"{sec}.{f.name}"] = "default"
+
+
+def _apply_mapping(cfg: Config, raw: dict[str, Any], origin: str, base_dir: Path) -> None:
+    for sec, values in raw.items():
+        if sec == "nodes":
+            if not isinstance(values, dict):
+                raise ConfigError("nodes: expected a table of [nodes.NAME] tables")
+            for name, nvals in values.items():
+                if not isinstance(nvals, dict):
+                    raise ConfigError(f"nodes.{name}: expected a table with subbands, imaging, scratch_root")
+                for key, val in nvals.items():
+                    _set_node(cfg, name, key, val, origin, base_dir)
+            continue
+        if sec not in _SECTIONS:
+            raise ConfigError(f"{sec}: unknown section (known: {', '.join([*_SECTIONS, 'nodes'])})")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{sec}: expected a table")
+        for key, val in values.items():
+            _set_field(cfg, sec, key, val, origin, base_dir)
+
+
+def _apply_env(cfg: Config, env: dict[str, str]) -> None:
+    for var, text in sorted(env.items()):
+        if not var.startswith(ENV_PREFIX) or "__" not in var:
+            continue
+        parts = var[len(ENV_PREFIX):].lower().split("__")
+        origin = f"env:{var}"
+        if parts[0] == "nodes" and len(parts) == 3:
+            _set_node(cfg, parts[1], parts[2], _parse_env_value(text), origin, Path.cwd())
+        elif len(parts) == 2:
+            _set_field(cfg, parts[0], parts[1], _parse_env_value(text), origin, Path.cwd())
+        else:
+            raise ConfigError(f"{var}: expected CONTIMG_<SECTION>__<KEY> or CONTIMG_NODES__<NODE>__<KEY>")
+
+
+def _parse_env_value(text: str) -> Any:
+    """Environment values are TOML scalars or arrays when they parse, else strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _coerce(key: str, value: Any, ftype: Any, base_dir: Path) -> Any:
+    t = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
+    t = str(t)
+    if "list[Path]" in t:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of paths, got {value!r}")
+        return [_path(v, base_dir) for v in value]
+    if "Path" in t:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{key}: expected a path string, got {value!r}")
+        return _path(value, base_dir)
+    if t == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if t == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if t == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if t == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {t}")  # pragma: no cover
+
+
+def _path(value: str, base_dir: Path) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() else (base_dir / p)
+
+
+def _set_field(cfg: Config, sec: str, key: str, value: Any, origin: str, base_dir: Path) -> None:
+    if sec not in _SECTIONS:
+        raise ConfigError(f"{sec}.{key}: unknown section {sec!r}")
+    obj = getattr(cfg, sec)
+    fields = {f.name: f for f in dataclasses.fields(obj)}
+    if key not in fields:
+        raise ConfigError(f"{sec}.{key}: unknown key (known in [{sec}]: {', '.join(fields)})")
+    setattr(obj, key, _coerce(f"{sec}.{key}", value, fields[key].type, base_dir))
+    cfg.source[f"{sec}.{key}"] = origin
+
+
+def _parse_subbands(key: str, value: Any) -> list[int]:
+    """Subbands as a list of ints or a string like ``"0-7"`` or ``"0-3,8"``."""
+    out: list[int] = []
+    if isinstance(value, str):
+        try:
+            for part in value.split(","):
+                part = part.strip()
+                if "-" in part:
+                    a, b = part.split("-")
+                    out.extend(range(int(a), int(b) + 1))
+                elif part:
+                    out.append(int(part))
+        except ValueError:
+            raise ConfigError(f"{key}: expected subbands like [0, 1, 2] or \"0-7\", got {value!r}") from None
+    elif isinstance(value, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        out = list(value)
+    else:
+        raise ConfigError(f"{key}: expected subbands like [0, 1, 2] or \"0-7\", got {value!r}")
+    return out
+
+
+def _set_node(cfg: Config, name: str, key: str, value: Any, origin: str, base_dir: Path) -> None:
+    if key not in _NODE_KEYS:
+        raise ConfigError(f"nodes.{name}.{key}: unknown key (known: {', '.join(sorted(_NODE_KEYS))})")
+    node = cfg.nodes.setdefault(name, NodeConfig(name=name, subbands=[]))
+    full = f"nodes.{name}.{key}"
+    if key == "subbands":
+        node.subbands = _parse_subbands(full, value)
+    elif key == "imaging":
+        node.imaging = _coerce(full, value, "bool", base_dir)
+    else:
+        node.scratch_root = _coerce(full, value, "Path", base_dir)
+    cfg.source[full] = origin
+
+
+def _absolutize(cfg: Config) -> None:
+    p = cfg.paths
+    p.data_root = p.data_root.absolute()
+    p.products_root = p.products_root.absolute()
+    p.archive_root = p.archive_root.absolute()
+    p.scratch_root = p.scratch_root.absolute()
+    p.allowed_roots = [r.absolute() for r in p.allowed_roots]
+    for n in cfg.nodes.values():
+        if n.scratch_root is not None:
+            n.scratch_root = n.scratch_root.absolute()
+
+
+def validate(cfg: Config) -> None:
+    """Reject an inconsistent configuration; the message names the key."""
+    seen: dict[int, str] = {}
+    for name, n in cfg.nodes.items():
+        if not name.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"nodes.{name}: a node name may hold letters, digits, - and _ only")
+        if not n.subbands and not n.imaging:
+            raise ConfigError(f"nodes.{name}.subbands: a node must hold subbands or image")
+        for sb in n.subbands:
+            if not 0 <= sb < N_SUBBANDS:
+                raise ConfigError(f"nodes.{name}.subbands: subband {sb} is outside 0..{N_SUBBANDS - 1}")
+            if sb in seen:
+                raise ConfigError(f"nodes.{name}.subbands: subband {sb} is also on node {seen[sb]}")
+            seen[sb] = name
+    missing = sorted(set(range(N_SUBBANDS)) - set(seen))
+    if missing:
+        raise ConfigError(f"nodes: subbands {missing} are on no node; assign each of 0..15 to one node")
+    if not cfg.imaging_nodes():
+        raise ConfigError("nodes: no node has imaging = true; name at least one imaging node")
+    pl = cfg.pipeline
+    if not 1 <= pl.min_subbands <= N_SUBBANDS:
+        raise ConfigError(f"pipeline.min_subbands: {pl.min_subbands} is outside 1..{N_SUBBANDS}")
+    if pl.block_tolerance_s <= 0 or pl.block_tolerance_s > 300:
+        raise ConfigError(f"pipeline.block_tolerance_s: {pl.block_tolerance_s} must be in (0, 300] seconds")
+    if pl.max_retries < 0:
+        raise ConfigError("pipeline.max_retries: must be >= 0")
+    b = cfg.broker
+    if b.url and not b.url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"broker.url: {b.url!r} is not a redis:// URL")
+    if b.task_time_limit_s <= 0:
+        raise ConfigError("broker.task_time_limit_s: must be > 0")
+    if b.visibility_timeout_s <= b.task_time_limit_s:
+        raise ConfigError(
+            f"broker.visibility_timeout_s: {b.visibility_timeout_s} s must exceed broker.task_time_limit_s "
+            f"({b.task_time_limit_s} s), or long tasks are redelivered while running"
+        )
+    if b.result_expires_s < b.visibility_timeout_s:
+        raise ConfigError("broker.result_expires_s: must be at least broker.visibility_timeout_s (chord counters)")
+    if cfg.database.url:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            make_url(cfg.database.url)
+        except ArgumentError:
+            raise ConfigError(f"database.url: {cfg.database.url!r} is not an SQLAlchemy URL") from None
+    im = cfg.imaging
+    if im.weighting not in ("natural", "uniform", "briggs"):
+        raise ConfigError(f"imaging.weighting: {im.weighting!r} is not natural, uniform or briggs")
+    if im.niter < 1:
+        raise ConfigError("imaging.niter: must be >= 1 (the pipeline cleans, it does not stop at a dirty image)")
+    if not 0 < im.pb_limit < 1:
+        raise ConfigError("imaging.pb_limit: must be between 0 and 1")
+    if im.imsize < 0 or im.imsize > 16384 or im.max_imsize < 64:
+        raise ConfigError("imaging.imsize: must be 0 (automatic) or up to 16384; max_imsize >= 64")
+
+
+# ---------------------------------------------------------------------------
+# showing and writing
+# ---------------------------------------------------------------------------
+
+
+def flatten(cfg: Config) -> dict[str, Any]:
+    """Dotted key -> JSON-friendly value."""
+    out: dict[str, Any] = {}
+    for sec in _SECTIONS:
+        for f in dataclasses.fields(getattr(cfg, sec)):
+            out[f"{sec}.{f.name}"] = _jsonable(getattr(getattr(cfg, sec), f.name))
+    for name, n in cfg.nodes.items():
+        out[f"nodes.{name}.subbands"] = list(n.subbands)
+        out[f"nodes.{name}.imaging"] = n.imaging
+        out[f"nodes.{name}.scratch_root"] = str(cfg.scratch_root(name))
+    out["database.effective_url"] = cfg.database_url
+    return out
+
+
+def source_of(cfg: Config, key: str) -> str:
+    if key in cfg.source:
+        return cfg.source[key]
+    if key.startswith("nodes."):
+        name = key.split(".")[1]
+        if key.endswith("scratch_root") and f"nodes.{name}.scratch_root" not in cfg.source:
+            return "derived from paths.scratch_root"
+        return cfg.source.get(f"nodes.{name}", "default")
+    return "derived"
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    return v
+
+
+def to_toml(cfg: Config) -> str:
+    """Serialise the effective configuration as TOML (workers read it back)."""
+    lines: list[str] = []
+    for sec in _SECTIONS:
+        lines.append(f"[{sec}]")
+        for f in dataclasses.fields(getattr(cfg, sec)):
+            lines.append(f"{f.name} = {_toml_value(getattr(getattr(cfg, sec), f.name))}")
+        lines.append("")
+    for name, n in cfg.nodes.items():
+        lines.append(f"[nodes.{name}]")
+        lines.append(f"subbands = {_toml_value(n.subbands)}")
+        lines.append(f"imaging = {_toml_value(n.imaging)}")
+        lines.append(f"scratch_root = {_toml_value(cfg.scratch_root(name))}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    import json
+
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, Path):
+        return json.dumps(str(v))
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def write(cfg: Config, path: str | os.PathLike) -> Path:
+    """Write the effective configuration atomically; returns the path."""
+    from .products import temporary_name
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_name(path)
+    tmp.write_text(to_toml(cfg))
+    os.replace(tmp, path)
+    return path
+
+
+def check_path_in_roots(cfg: Config, path: str | os.PathLike, what: str = "path") -> Path:
+    """Resolve ``path`` and require it to lie under a configured root.
+
+    Paths that arrive in broker messages are checked against the data,
+    products, archive and scratch roots (and ``paths.allowed_roots``) so a
+    forged message cannot make a worker read or write elsewhere.
+    """
+    p = Path(path).resolve()
+    roots = [cfg.paths.data_root, cfg.paths.products_root, cfg.paths.archive_root, cfg.paths.scratch_root]
+    roots += [cfg.scratch_root(n) for n in cfg.nodes] + list(cfg.paths.allowed_roots)
+    for r in roots:
+        try:
+            p.relative_to(Path(r).resolve())
+            return p
+        except ValueError:
+            continue
+    from .errors import PermanentError
+
+    raise PermanentError(f"{what} {p} is outside the configured roots; add its root to paths.allowed_roots")

@@ -1,0 +1,254 @@
+"""The products database: blocks, their subbands and products, with timings.
+
+SQLAlchemy, so any database URL works; SQLite (WAL mode, a busy timeout) is the
+default and copes with several worker processes on one machine. Every write is
+an upsert keyed by the natural key (block id, subband, product kind), so a task
+that runs twice leaves one row, not two.
+"""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterator
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, relationship
+
+# Block states, in order of a normal life.
+QUEUED, RUNNING, IMAGING, DONE, FAILED = "queued", "running", "imaging", "done", "failed"
+BLOCK_STATES = (QUEUED, RUNNING, IMAGING, DONE, FAILED)
+# Subband states.
+SB_OK, SB_FAILED, SB_RUNNING = "ok", "failed", "running"
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BlockRow(Base):
+    __tablename__ = "blocks"
+
+    block_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    date: Mapped[str] = mapped_column(String(10), index=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    data_dir: Mapped[str] = mapped_column(Text)
+    mid_jd: Mapped[float | None] = mapped_column(Float, default=None)
+    n_subbands_found: Mapped[int] = mapped_column(Integer, default=0)
+    n_subbands_ok: Mapped[int] = mapped_column(Integer, default=0)
+    imaging_node: Mapped[str | None] = mapped_column(String(64), default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    timings: Mapped[dict] = mapped_column(JSON, default=dict)
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    subbands: Mapped[list[SubbandRow]] = relationship(back_populates="block", order_by="SubbandRow.subband")
+    products: Mapped[list[ProductRow]] = relationship(back_populates="block", order_by="ProductRow.kind")
+
+
+class SubbandRow(Base):
+    __tablename__ = "subbands"
+
+    block_id: Mapped[str] = mapped_column(ForeignKey("blocks.block_id"), primary_key=True)
+    subband: Mapped[int] = mapped_column(Integer, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    path: Mapped[str | None] = mapped_column(Text, default=None)
+    node: Mapped[str | None] = mapped_column(String(64), default=None)
+    ms_path: Mapped[str | None] = mapped_column(Text, default=None)
+    seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    block: Mapped[BlockRow] = relationship(back_populates="subbands")
+
+
+class ProductRow(Base):
+    __tablename__ = "products"
+
+    block_id: Mapped[str] = mapped_column(ForeignKey("blocks.block_id"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(Integer, default=None)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+    block: Mapped[BlockRow] = relationship(back_populates="products")
+
+
+@lru_cache(maxsize=8)
+def engine(url: str) -> Engine:
+    """One engine per URL per process; creates the tables on first use."""
+    u = make_url(url)
+    kwargs: dict[str, Any] = {"json_serializer": lambda o: json.dumps(o, default=str)}
+    if u.get_backend_name() == "sqlite":
+        if u.database:
+            Path(u.database).parent.mkdir(parents=True, exist_ok=True)
+        kwargs["connect_args"] = {"timeout": 60}
+    eng = create_engine(url, **kwargs)
+    if u.get_backend_name() == "sqlite":
+
+        @event.listens_for(eng, "connect")
+        def _sqlite_pragmas(dbapi_conn, _record):  # several worker processes write
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=60000")
+            cur.close()
+
+    Base.metadata.create_all(eng)
+    return eng
+
+
+@contextmanager
+def session(url: str) -> Iterator[Session]:
+    """A transaction: committed on success, rolled back on error."""
+    with Session(engine(url), expire_on_commit=False) as s:
+        with s.begin():
+            yield s
+
+
+# -- writes ------------------------------------------------------------------
+
+
+def upsert_block(url: str, block_id: str, **values: Any) -> None:
+    """Create or update a block row."""
+    with session(url) as s:
+        row = s.get(BlockRow, block_id)
+        if row is None:
+            row = BlockRow(block_id=block_id, date=block_id[:10], state=values.pop("state", QUEUED),
+                           data_dir=values.pop("data_dir", ""), timings={})
+            s.add(row)
+        for k, v in values.items():
+            if k == "timings":
+                row.timings = {**(row.timings or {}), **v}
+            else:
+                setattr(row, k, v)
+
+
+def upsert_subband(url: str, block_id: str, subband: int, **values: Any) -> None:
+    """Create or update a subband row (the block row must exist)."""
+    with session(url) as s:
+        if s.get(BlockRow, block_id) is None:
+            s.add(BlockRow(block_id=block_id, date=block_id[:10], state=RUNNING, data_dir="", timings={}))
+            s.flush()
+        row = s.get(SubbandRow, (block_id, subband))
+        if row is None:
+            row = SubbandRow(block_id=block_id, subband=subband, state=values.pop("state", SB_RUNNING), details={})
+            s.add(row)
+        for k, v in values.items():
+            setattr(row, k, v)
+
+
+def record_product(url: str, block_id: str, kind: str, path: str | Path, **details: Any) -> None:
+    """Register (or re-register) one product of a block."""
+    p = Path(path)
+    size = _size(p)
+    with session(url) as s:
+        row = s.get(ProductRow, (block_id, kind))
+        if row is None:
+            s.add(ProductRow(block_id=block_id, kind=kind, path=str(p), size_bytes=size, details=details))
+        else:
+            row.path, row.size_bytes, row.details = str(p), size, details
+
+
+def _size(p: Path) -> int | None:
+    if p.is_file():
+        return p.stat().st_size
+    if p.is_dir():
+        return sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+    return None
+
+
+# -- reads -------------------------------------------------------------------
+
+
+def block_dict(row: BlockRow) -> dict[str, Any]:
+    return {
+        "block_id": row.block_id,
+        "date": row.date,
+        "state": row.state,
+        "reason": row.reason,
+        "data_dir": row.data_dir,
+        "n_subbands_found": row.n_subbands_found,
+        "n_subbands_ok": row.n_subbands_ok,
+        "imaging_node": row.imaging_node,
+        "attempts": row.attempts,
+        "timings": row.timings or {},
+        "submitted_at": _iso(row.submitted_at),
+        "started_at": _iso(row.started_at),
+        "finished_at": _iso(row.finished_at),
+        "subbands": [
+            {
+                "subband": sb.subband,
+                "state": sb.state,
+                "reason": sb.reason,
+                "node": sb.node,
+                "path": sb.path,
+                "ms_path": sb.ms_path,
+                "seconds": sb.seconds,
+                "attempts": sb.attempts,
+            }
+            for sb in row.subbands
+        ],
+        "products": {p.kind: p.path for p in row.products},
+    }
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() + "Z" if t else None
+
+
+def blocks(url: str, block_ids: list[str] | None = None, date: str | None = None) -> list[dict[str, Any]]:
+    """Blocks (with subbands and products) as dicts, ordered by block id."""
+    with session(url) as s:
+        q = select(BlockRow).order_by(BlockRow.block_id)
+        if block_ids is not None:
+            q = q.where(BlockRow.block_id.in_(block_ids))
+        if date is not None:
+            q = q.where(BlockRow.date == date)
+        return [block_dict(r) for r in s.scalars(q)]
+
+
+def block(url: str, block_id: str) -> dict[str, Any] | None:
+    with session(url) as s:
+        row = s.get(BlockRow, block_id)
+        return block_dict(row) if row else None
+
+
+def states(url: str, block_ids: list[str]) -> dict[str, str]:
+    """block id -> state, cheap enough to poll."""
+    with session(url) as s:
+        rows = s.execute(select(BlockRow.block_id, BlockRow.state).where(BlockRow.block_id.in_(block_ids)))
+        return {bid: st for bid, st in rows}
+
+
+def mark_block_running(url: str, block_id: str) -> None:
+    """First subband task of a queued block moves it to running."""
+    with session(url) as s:
+        row = s.get(BlockRow, block_id)
+        if row is not None and row.state == QUEUED:
+            row.state = RUNNING
+            row.started_at = utcnow()

@@ -1,0 +1,141 @@
+"""Every name a file or product of contimg gets is built here and parsed here.
+
+Nothing else in the package formats or globs product paths.
+
+Layout
+------
+raw subband file   ``{data_root}/{YYYY-MM-DDTHH:MM:SS}_sb{NN}.hdf5``
+subband MS          ``{scratch_root}/{block_id}/{block_id}_sb{NN}.ms`` (node-local)
+block products      ``{products_root}/{date}/{block_id}/``:
+                    ``{block_id}.ms`` (concatenated), ``{block_id}.image.fits``,
+                    ``{block_id}.pb.fits``, ``{block_id}.residual.fits``
+simulation truth    ``{data_dir}/truth.json``, ``{data_dir}/truth_gains.npz``
+
+A block id is the timestamp of the earliest subband file of the block
+(``YYYY-MM-DDTHH:MM:SS``), because the 16 files of a block do not share one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%S"
+SUBBAND_RE = re.compile(r"^(?P<ts>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})_sb(?P<sb>\d{2})\.hdf5$")
+BLOCK_ID_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")
+
+TRUTH_JSON = "truth.json"
+TRUTH_GAINS = "truth_gains.npz"
+
+
+@dataclass(frozen=True)
+class SubbandName:
+    """What a raw subband file name says."""
+
+    timestamp: datetime  # UTC
+    subband: int
+
+    @property
+    def timestamp_str(self) -> str:
+        return format_timestamp(self.timestamp)
+
+
+def format_timestamp(t: datetime) -> str:
+    """``YYYY-MM-DDTHH:MM:SS`` in UTC."""
+    if t.tzinfo is not None:
+        t = t.astimezone(timezone.utc).replace(tzinfo=None)
+    return t.strftime(TIMESTAMP_FORMAT)
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse ``YYYY-MM-DDTHH:MM:SS`` as UTC; ValueError names the text."""
+    try:
+        return datetime.strptime(text, TIMESTAMP_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a timestamp of the form YYYY-MM-DDTHH:MM:SS") from None
+
+
+def subband_filename(timestamp: datetime | str, subband: int) -> str:
+    """Raw file name of one subband, e.g. ``2025-10-05T03:12:45_sb07.hdf5``."""
+    ts = timestamp if isinstance(timestamp, str) else format_timestamp(timestamp)
+    if not 0 <= subband <= 99:
+        raise ValueError(f"subband {subband} cannot be written as sbNN")
+    return f"{ts}_sb{subband:02d}.hdf5"
+
+
+def parse_subband_filename(name: str | Path) -> SubbandName | None:
+    """Parse a raw file name; ``None`` when it is not a subband file."""
+    m = SUBBAND_RE.match(Path(name).name)
+    if not m:
+        return None
+    try:
+        ts = parse_timestamp(m["ts"])
+    except ValueError:
+        return None
+    return SubbandName(timestamp=ts, subband=int(m["sb"]))
+
+
+def check_block_id(block_id: str) -> str:
+    """Return ``block_id`` when well formed, else raise ValueError naming it."""
+    if not BLOCK_ID_RE.match(block_id or ""):
+        raise ValueError(
+            f"block id {block_id!r} is not of the form YYYY-MM-DDTHH:MM:SS; "
+            "list the known blocks with `contimg status`"
+        )
+    return block_id
+
+
+def block_date(block_id: str) -> str:
+    """The UTC date part of a block id (``YYYY-MM-DD``)."""
+    return check_block_id(block_id)[:10]
+
+
+def subband_ms(scratch_root: str | Path, block_id: str, subband: int) -> Path:
+    """Node-local Measurement Set of one subband of a block."""
+    return Path(scratch_root) / check_block_id(block_id) / f"{block_id}_sb{subband:02d}.ms"
+
+
+def block_scratch_dir(scratch_root: str | Path, block_id: str) -> Path:
+    """A node's scratch directory for a block."""
+    return Path(scratch_root) / check_block_id(block_id)
+
+
+@dataclass(frozen=True)
+class BlockProducts:
+    """Paths of the products of one block."""
+
+    directory: Path
+    block_id: str
+
+    @property
+    def concat_ms(self) -> Path:
+        return self.directory / f"{self.block_id}.ms"
+
+    @property
+    def image_prefix(self) -> Path:
+        """``imagename`` given to tclean; CASA appends .image, .pb, ..."""
+        return self.directory / self.block_id
+
+    def casa_image(self, kind: str) -> Path:
+        return self.directory / f"{self.block_id}.{kind}"
+
+    def fits(self, kind: str) -> Path:
+        """FITS export of a CASA image product (``image``, ``pb``, ``residual``...)."""
+        return self.directory / f"{self.block_id}.{kind}.fits"
+
+    @property
+    def image_fits(self) -> Path:
+        return self.fits("image")
+
+
+def block_products(products_root: str | Path, block_id: str) -> BlockProducts:
+    """Where the products of ``block_id`` live."""
+    return BlockProducts(Path(products_root) / block_date(block_id) / block_id, block_id)
+
+
+def temporary_name(final: str | Path) -> Path:
+    """Sibling temporary path used to write ``final`` atomically (then rename)."""
+    final = Path(final)
+    return final.with_name(f".{final.name}.partial")

@@ -1,0 +1,84 @@
+"""The per-block chord callback: concatenate, image, register."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from .. import database as db
+from ..errors import PermanentError, TransientError
+from ..products import block_products
+from .app import app, current_config
+from .subband import backoff_s, cleanup_scratch
+
+log = logging.getLogger(__name__)
+
+
+def _describe_failures(results: list[dict], missing: list[int]) -> str:
+    parts = [f"sb{r['subband']:02d}: {r.get('reason')}" for r in sorted(results, key=lambda r: r["subband"])
+             if r.get("state") != "ok"]
+    parts += [f"sb{sb:02d}: missing from the block" for sb in missing]
+    return "; ".join(parts)
+
+
+@app.task(bind=True, name="contimg.image_block")
+def image_block(self, results: list[dict], block_id: str, node: str, missing: list[int] | None = None,
+                nodes_used: list[str] | None = None) -> dict:
+    """Concatenate the good subbands of a block, image Stokes I, register products.
+
+    A block with fewer good subbands than ``pipeline.min_subbands`` is recorded
+    as failed with the reason; the night goes on.
+    """
+    cfg = current_config()
+    url = cfg.database_url
+    missing = list(missing or [])
+    ok = sorted((r for r in results if r.get("state") == "ok"), key=lambda r: r["subband"])
+    convert_s = [r.get("seconds") or 0.0 for r in results]
+    timings = {"convert_s_sum": round(sum(convert_s), 3), "convert_s_max": round(max(convert_s, default=0.0), 3)}
+    failures = _describe_failures(results, missing)
+
+    def finish(state: str, reason: str | None, **extra) -> dict:
+        db.upsert_block(url, block_id, state=state, reason=reason, n_subbands_ok=len(ok),
+                        finished_at=db.utcnow(), timings=timings)
+        keep = state == db.FAILED and cfg.pipeline.keep_scratch_on_failure
+        if not keep:
+            for n in sorted(set(nodes_used or [])):
+                cleanup_scratch.s(block_id, n).set(queue=cfg.node(n).queue).apply_async()
+        return {"block_id": block_id, "state": state, "reason": reason, "n_subbands_ok": len(ok),
+                "timings": timings, **extra}
+
+    if len(ok) < cfg.pipeline.min_subbands:
+        return finish(db.FAILED, f"only {len(ok)} of 16 subbands converted, minimum is "
+                                 f"{cfg.pipeline.min_subbands} ({failures})")
+    db.upsert_block(url, block_id, state=db.IMAGING, imaging_node=node, n_subbands_ok=len(ok))
+    prods = block_products(cfg.paths.products_root, block_id)
+    try:
+        from ..imaging import concat_subbands, image_block as make_image
+
+        t0 = time.monotonic()
+        concat_subbands([r["ms_path"] for r in ok], prods.concat_ms)
+        timings["concat_s"] = round(time.monotonic() - t0, 3)
+        t0 = time.monotonic()
+        img = make_image(prods.concat_ms, prods, cfg.imaging, block_id=block_id,
+                         extra_header={"NSUBBAND": len(ok)})
+        timings["image_s"] = round(time.monotonic() - t0, 3)
+    except TransientError as e:
+        if self.request.retries < cfg.pipeline.max_retries:
+            raise self.retry(exc=e, countdown=backoff_s(self.request.retries))
+        return finish(db.FAILED, f"imaging: {e} (gave up after {self.request.retries + 1} attempts)")
+    except PermanentError as e:
+        return finish(db.FAILED, f"imaging: {e}")
+    except SoftTimeLimitExceeded:
+        return finish(db.FAILED, f"imaging exceeded the task time limit of {cfg.broker.task_time_limit_s} s")
+    except Exception as e:  # record a bug as a failure of this block; the night goes on
+        log.exception("unexpected error imaging block %s", block_id)
+        return finish(db.FAILED, f"imaging: internal error {type(e).__name__}: {e}")
+    info = img.as_dict()
+    db.record_product(url, block_id, "concat_ms", prods.concat_ms, n_subbands=len(ok))
+    for kind, path in info.get("fits", {}).items():
+        db.record_product(url, block_id, f"{kind}_fits", path, rms_jy=info.get("rms_jy"),
+                          peak_jy=info.get("peak_jy"), beam=info.get("beam"))
+    reason = f"imaged from {len(ok)} of 16 subbands ({failures})" if failures else None
+    return finish(db.DONE, reason, image=info)

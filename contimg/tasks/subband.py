@@ -1,0 +1,85 @@
+"""Header tasks of a block's chord: one per subband, on the node that holds it."""
+
+from __future__ import annotations
+
+import logging
+import random
+import shutil
+import time
+
+from celery.exceptions import SoftTimeLimitExceeded
+
+from .. import database as db
+from ..config import check_path_in_roots
+from ..errors import PermanentError, TransientError
+from ..products import block_scratch_dir
+from .app import app, current_config
+
+log = logging.getLogger(__name__)
+
+
+def backoff_s(retries: int, base: float = 5.0, cap: float = 300.0) -> float:
+    """Exponential backoff with full jitter: uniform in [0, min(cap, base * 2**retries)]."""
+    return random.uniform(0.0, min(cap, base * 2.0**retries))
+
+
+def _result(block_id: str, subband: int, node: str, state: str, **extra) -> dict:
+    return {"block_id": block_id, "subband": subband, "node": node, "state": state, **extra}
+
+
+@app.task(bind=True, name="contimg.convert_subband")
+def convert_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: str,
+                    block_mid_jd: float, node: str) -> dict:
+    """Convert one subband file into the node's scratch.
+
+    Returns a structured result (``state`` ok with ``ms_path``, or failed with
+    ``reason``) instead of raising, so one bad subband never strands the chord
+    (FIELD-NOTES §4). Only :class:`TransientError` is retried.
+    """
+    cfg = current_config()
+    url = cfg.database_url
+    attempt = self.request.retries + 1
+    t0 = time.monotonic()
+    db.upsert_subband(url, block_id, subband, state=db.SB_RUNNING, path=uvh5_path, node=node,
+                      attempts=attempt, reason=None)
+    db.mark_block_running(url, block_id)
+
+    def failed(reason: str) -> dict:
+        secs = time.monotonic() - t0
+        db.upsert_subband(url, block_id, subband, state=db.SB_FAILED, reason=reason, seconds=secs)
+        log.warning("block %s sb%02d failed: %s", block_id, subband, reason)
+        return _result(block_id, subband, node, "failed", reason=reason, seconds=secs, attempts=attempt)
+
+    try:
+        from ..convert import convert_subband as convert
+
+        src = check_path_in_roots(cfg, uvh5_path, "subband file")
+        dst = check_path_in_roots(cfg, ms_path, "subband MS")
+        res = convert(src, dst, block_mid_jd=block_mid_jd)
+    except TransientError as e:
+        if self.request.retries < cfg.pipeline.max_retries:
+            db.upsert_subband(url, block_id, subband, reason=f"retrying: {e}")
+            raise self.retry(exc=e, countdown=backoff_s(self.request.retries))
+        return failed(f"{e} (gave up after {attempt} attempts)")
+    except PermanentError as e:
+        return failed(str(e))
+    except SoftTimeLimitExceeded:
+        return failed(f"conversion exceeded the task time limit of {cfg.broker.task_time_limit_s} s")
+    except Exception as e:  # a bug must not strand the block: record it as a failure with its type
+        log.exception("unexpected error converting %s", uvh5_path)
+        return failed(f"internal error {type(e).__name__}: {e}")
+    secs = time.monotonic() - t0
+    details = res.as_dict()
+    db.upsert_subband(url, block_id, subband, state=db.SB_OK, ms_path=str(dst), seconds=secs, details=details)
+    return _result(block_id, subband, node, "ok", ms_path=str(dst), seconds=secs, attempts=attempt,
+                   uvw_max_m=details.get("uvw_max_m"))
+
+
+@app.task(bind=True, name="contimg.cleanup_scratch")
+def cleanup_scratch(self, block_id: str, node: str) -> dict:
+    """Remove a block's scratch directory on this node (safe to run twice)."""
+    cfg = current_config()
+    d = block_scratch_dir(cfg.scratch_root(node), block_id)
+    existed = d.exists()
+    shutil.rmtree(d, ignore_errors=True)
+    return {"block_id": block_id, "node": node, "removed": str(d) if existed else None}
