@@ -1,0 +1,1 @@
+"""Submission scripts for operators (head node); see submit/README.md."""

@@ -1,0 +1,65 @@
+"""The command line: --help everywhere, one-line errors with non-zero exits."""
+
+import subprocess
+import sys
+
+import pytest
+
+from contimg.cli import build_parser
+
+COMMANDS = [[], ["config"], ["config", "show"], ["simulate"], ["convert"], ["blocks"], ["run"], ["demo"],
+            ["status"], ["worker"]]
+
+
+def contimg(*args, cwd=None, env=None):
+    return subprocess.run([sys.executable, "-m", "contimg.cli", *args], capture_output=True, text=True,
+                          cwd=cwd, env=env)
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=lambda c: " ".join(c) or "contimg")
+def test_help_everywhere(cmd):
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*cmd, "--help"])
+    assert e.value.code == 0
+
+
+def test_status_unknown_block_and_bad_id(tmp_path):
+    env = {"CONTIMG_PATHS__PRODUCTS_ROOT": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    r = contimg("status", "--block", "2025-10-05T03:00:00", env=env)
+    assert r.returncode == 1 and "unknown block id(s) 2025-10-05T03:00:00" in r.stderr
+    r = contimg("status", "--block", "yesterday", env=env)
+    assert r.returncode == 1 and "'yesterday' is not of the form" in r.stderr
+    r = contimg("status", "--json", env=env)
+    assert r.returncode == 0 and r.stdout.strip() == "[]"
+
+
+def test_malformed_config_exits_nonzero_naming_key(tmp_path):
+    bad = tmp_path / "c.toml"
+    bad.write_text("[pipeline]\nmin_subbands = 0\n")
+    r = contimg("--config", str(bad), "config", "show")
+    assert r.returncode == 1
+    assert r.stderr.strip() == "contimg: pipeline.min_subbands: 0 is outside 1..16"
+
+
+def test_config_show_json_sources(tmp_path):
+    import json
+
+    env = {"CONTIMG_PIPELINE__MIN_SUBBANDS": "9", "PATH": "/usr/bin:/bin"}
+    r = contimg("config", "show", "--json", cwd=tmp_path, env=env)
+    vals = json.loads(r.stdout)["values"]
+    assert vals["pipeline.min_subbands"] == {"value": 9, "source": "env:CONTIMG_PIPELINE__MIN_SUBBANDS"}
+    assert vals["imaging.niter"]["source"] == "default"
+
+
+def test_run_on_empty_or_missing_directory(tmp_path):
+    r = contimg("run", str(tmp_path))
+    assert r.returncode == 1 and "no subband files" in r.stderr
+    r = contimg("run", str(tmp_path / "nope"))
+    assert r.returncode == 1 and "nope does not exist" in r.stderr
+
+
+def test_worker_needs_known_node_and_broker(tmp_path):
+    r = contimg("worker", "--node", "node9", cwd=tmp_path)
+    assert r.returncode == 1 and "node 'node9' is not in the node map" in r.stderr
+    r = contimg("worker", "--node", "node1", cwd=tmp_path)
+    assert r.returncode == 1 and "broker.url" in r.stderr
