@@ -107,7 +107,7 @@ def cmd_convert(args) -> int:
         _print_json(d)
     else:
         print(f"{args.input} -> {args.output} in {time.monotonic() - t0:.1f} s; "
-              f"UVW check max {d.get('uvw_max_m', float('nan')):.2e} m, rms {d.get('uvw_rms_m', float('nan')):.2e} m")
+              f"UVW check max {d.get('uvw_check_max_m', float('nan')):.2e} m, rms {d.get('uvw_check_rms_m', float('nan')):.2e} m")
     return EXIT_OK
 
 

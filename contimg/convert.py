@@ -16,12 +16,15 @@ The phase-centre rule (see :mod:`contimg.phasing` for the frames):
 In every case the UVWs are recomputed from antenna positions, site and times
 (:func:`phasing.recompute_geometry`, then pyuvdata's ``phase()`` with
 ``use_ant_pos=True``); the stored float32 UVWs are never used, not even as the
-"old" w of a rephasing. The result records :func:`phasing.uvw_check`, which
-must be about 0.0 m.
+"old" w of a rephasing. The result records :func:`phasing.uvw_check` of the
+MS as written (its metadata read back), which must be about 0.0 m.
 
-The MS is written with pyuvdata (python-casacore) to a temporary sibling and
-renamed into place, so the final path never holds a partial MS and a re-run
-replaces an old MS only once the new one is complete.
+Before writing, a DSA-110 file gets TELESCOPE_NAME "DSA-110" (tclean finds
+the primary beam by it) and 4.65 m dishes, channels are put in ascending
+order and baselines conjugated to ant1 < ant2. The MS is written with
+pyuvdata (python-casacore) to a temporary sibling and renamed into place, so
+the final path never holds a partial MS and a re-run replaces an old MS only
+once the new one is complete.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,8 +82,10 @@ class ConvertResult:
     freq_min_hz: float
     freq_max_hz: float
     phase_center_ra_deg: float
+    """Phase centre (ICRS except for a kept centre, which stays in its own frame)."""
     phase_center_dec_deg: float
     phase_center_name: str
+    """Field name in the MS: ``JHHMMSS.s+DDMMSS``, or the file's name when kept."""
     phase_center_rule: str
     """``given``, ``block meridian``, ``drift-scan centre`` or ``kept``."""
     uvw_check_max_m: float
@@ -132,10 +138,9 @@ def convert_subband(
     rule, center = choose_phase_center(uvd, src, phase_center=phase_center, block_mid_jd=block_mid_jd)
     apply_phase_center(uvd, center)
     prepare_for_ms(uvd)
-    check = phasing.uvw_check(uvd)
     t_phase = time.perf_counter()
 
-    write_ms_atomically(uvd, dst)
+    check = write_ms_atomically(uvd, dst)
     t_write = time.perf_counter()
 
     ra, dec = _single_phase_center(uvd)
@@ -187,17 +192,27 @@ def read_subband(path: Path):
     if not path.is_file():
         raise BadSubbandFile(f"{path} does not exist; check the path, or leave this subband out of the block")
     try:
-        return UVData.from_file(str(path), file_type="uvh5")
+        # Checked below, once the float32 UVWs of DSA-110 files (which
+        # pyuvdata's check rejects) are widened; they are recomputed anyway.
+        uvd = UVData.from_file(str(path), file_type="uvh5", run_check=False)
     except PermissionError as e:
         raise BadSubbandFile(f"{path} cannot be read ({e.strerror}); fix its permissions and resubmit the block") from e
-    except (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError) as e:
-        # h5py raises OSError for truncated or non-HDF5 files, pyuvdata
-        # KeyError for missing datasets and ValueError for failed checks.
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+    except (OSError, KeyError, AttributeError, ValueError, TypeError, IndexError, RuntimeError) as e:
+        # h5py raises OSError for truncated or non-HDF5 files; pyuvdata
+        # KeyError or AttributeError for missing datasets and header items.
         raise BadSubbandFile(
-            f"{path} is truncated or not a valid UVH5 file ({reason}); "
+            f"{path} is truncated or not a valid UVH5 file ({_first_line(e)}); "
             "re-transfer it or leave it out of the block"
         ) from e
+    uvd.uvw_array = np.asarray(uvd.uvw_array, dtype=np.float64)
+    try:
+        uvd.check()
+    except ValueError as e:
+        raise BadSubbandFile(
+            f"{path} is not a consistent UVH5 data set ({_first_line(e)}); "
+            "fix the writer or leave it out of the block"
+        ) from e
+    return uvd
 
 
 def is_dsa110(uvd) -> bool:
@@ -344,10 +359,20 @@ def prepare_for_ms(uvd) -> None:
         # DSA-110 subbands run downwards in frequency; ascending channels make
         # concatenated spectral windows sort cleanly.
         uvd.reorder_freqs(channel_order="freq")
+    # A descending file may carry negative widths; in an MS the sign of
+    # CHAN_WIDTH states the channel order, which is now ascending.
+    uvd.channel_width = np.abs(uvd.channel_width)
+    # CASA expects ant1 < ant2 (pyuvdata would otherwise do this on writing).
+    uvd.conjugate_bls("ant1<ant2")
 
 
-def write_ms_atomically(uvd, ms_path: Path) -> None:
+def write_ms_atomically(uvd, ms_path: Path) -> dict[str, float]:
     """Write ``uvd`` as an MS at a temporary sibling, check it, then rename it in place.
+
+    Returns
+    -------
+    dict
+        :func:`phasing.uvw_check` of the MS as written (read back).
 
     Raises
     ------
@@ -357,21 +382,27 @@ def write_ms_atomically(uvd, ms_path: Path) -> None:
     tmp = temporary_name(ms_path)
     try:
         ms_path.parent.mkdir(parents=True, exist_ok=True)
-        _remove(tmp)
+        remove_path(tmp)
         _check_free_space(uvd, ms_path)
-        uvd.write_ms(str(tmp), clobber=True)
-        _check_rows(tmp, expected=int(uvd.Nblts), final=ms_path)
+        with warnings.catch_warnings():
+            # Expected for raw data: units "uncalib"; and pyuvdata's SIGMA of
+            # zero-weight (flagged) rows, which CASA ignores.
+            warnings.filterwarnings("ignore", message="Writing in the MS file that the units")
+            warnings.filterwarnings("ignore", message="invalid value encountered in power")
+            uvd.write_ms(str(tmp), clobber=True)
+        check = check_written_ms(tmp, expected_rows=int(uvd.Nblts), final=ms_path)
         replace_directory(tmp, ms_path)
+        return check
     except (OSError, RuntimeError) as e:
-        _remove(tmp)
-        if _is_transient_write_error(e):
+        remove_path(tmp)
+        if is_disk_error(e):
             raise TransientError(
                 f"writing {ms_path} failed ({_first_line(e)}); free space or fix permissions "
                 f"in {ms_path.parent}, the conversion is retried"
             ) from e
         raise
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
@@ -383,14 +414,14 @@ def replace_directory(tmp: Path, final: Path) -> None:
     either is absent for an instant or holds a complete product, never a
     partial one.
     """
-    if final.exists() and final.is_dir():
-        old = final.with_name(f".{final.name}.old")
-        _remove(old)
+    old = final.with_name(f".{final.name}.old")
+    if final.is_dir() and not final.is_symlink():
+        remove_path(old)
         os.rename(final, old)
         os.rename(tmp, final)
-        _remove(old)
     else:
         os.replace(tmp, final)
+    remove_path(old)  # also one left by a run killed between the renames
 
 
 def _check_free_space(uvd, ms_path: Path) -> None:
@@ -403,17 +434,22 @@ def _check_free_space(uvd, ms_path: Path) -> None:
         )
 
 
-def _check_rows(ms: Path, *, expected: int, final: Path) -> None:
-    """A written MS must hold one row per baseline-time; anything else is a failed write."""
-    from casacore import tables
+def check_written_ms(ms: Path, *, expected_rows: int, final: Path) -> dict[str, float]:
+    """Read a written MS's metadata back: row count and the UVW check.
 
-    with tables.table(str(ms), ack=False) as t:
-        n = t.nrows()
-    if n != expected:
-        raise RuntimeError(f"the MS written for {final} has {n} rows instead of {expected}")
+    Checking the MS rather than the object in memory also covers the
+    conjugation and sign flips pyuvdata applies on writing.
+    """
+    from pyuvdata import UVData
+
+    back = UVData.from_file(str(ms), file_type="ms", read_data=False)
+    if back.Nblts != expected_rows:
+        raise RuntimeError(f"the MS written for {final} has {back.Nblts} baseline-times instead of {expected_rows}")
+    return phasing.uvw_check(back)
 
 
-def _is_transient_write_error(e: BaseException) -> bool:
+def is_disk_error(e: BaseException) -> bool:
+    """True when ``e`` is about the disk (space, quota, permission, I/O), not the data."""
     if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
         return True
     # python-casacore turns casacore's I/O failures into RuntimeError with the
@@ -427,7 +463,8 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
-def _remove(path: Path) -> None:
+def remove_path(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif path.exists() or path.is_symlink():

@@ -77,8 +77,9 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         return finish(db.FAILED, f"imaging: internal error {type(e).__name__}: {e}")
     info = img.as_dict()
     db.record_product(url, block_id, "concat_ms", prods.concat_ms, n_subbands=len(ok))
-    for kind, path in info.get("fits", {}).items():
-        db.record_product(url, block_id, f"{kind}_fits", path, rms_jy=info.get("rms_jy"),
-                          peak_jy=info.get("peak_jy"), beam=info.get("beam"))
+    measured = {k: info[k] for k in ("rms_jy", "peak_jy", "peak_pbcor_jy", "beam_major_arcsec",
+                                     "beam_minor_arcsec", "beam_pa_deg", "cell_arcsec", "imsize")}
+    for kind, path in info["fits"].items():
+        db.record_product(url, block_id, f"{kind.replace('.', '_')}_fits", path, **measured)
     reason = f"imaged from {len(ok)} of 16 subbands ({failures})" if failures else None
     return finish(db.DONE, reason, image=info)

@@ -72,7 +72,7 @@ def convert_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
     details = res.as_dict()
     db.upsert_subband(url, block_id, subband, state=db.SB_OK, ms_path=str(dst), seconds=secs, details=details)
     return _result(block_id, subband, node, "ok", ms_path=str(dst), seconds=secs, attempts=attempt,
-                   uvw_max_m=details.get("uvw_max_m"))
+                   uvw_max_m=details.get("uvw_check_max_m"))
 
 
 @app.task(bind=True, name="contimg.cleanup_scratch")

@@ -1,0 +1,145 @@
+"""A simulated night end to end: real redis-server, real workers in separate processes, real CASA.
+
+What these check
+----------------
+- every block of a clean tiny night gets a FITS image, the database says done, and the
+  brightest pixel lies within one synthesized beam of the brightest apparent source
+  (true position from truth.json, beam-weighted flux at the block's mid-time);
+- a truncated and a missing subband do not stop their block, and the database names
+  them with the reason; a block below pipeline.min_subbands fails with its reason and
+  the other blocks are unaffected.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contimg import database as db
+from contimg.sky import Fault
+from contimg.simulate import Scenario, simulate_night
+
+from conftest import make_config
+
+pytestmark = pytest.mark.slow
+
+
+def brightest_apparent_source(truth: dict, block_index: int, mid_jd: float):
+    """(ra_deg, dec_deg, apparent Jy) of the source the beam makes brightest in a block."""
+    from contimg.phasing import meridian_icrs
+    from contimg.telescope import airy_power_beam
+
+    ra0, dec0 = meridian_icrs(mid_jd, np.radians(truth["pointing_dec_deg"]))
+    best = None
+    for s in truth["sources"]:
+        ra, dec = np.radians(s["ra_deg"]), np.radians(s["dec_deg"])
+        cos_t = np.sin(dec) * np.sin(dec0) + np.cos(dec) * np.cos(dec0) * np.cos(ra - ra0)
+        theta = np.arccos(np.clip(cos_t, -1, 1))
+        app = s["flux_jy_per_block"][block_index] * float(airy_power_beam(np.array([theta]), 1.4e9)[0])
+        if best is None or app > best[2]:
+            best = (s["ra_deg"], s["dec_deg"], app)
+    return best
+
+
+def image_peak(fits_path: str):
+    """(ra_deg, dec_deg, value) of the brightest pixel of a FITS image."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    with fits.open(fits_path) as hdul:
+        data = np.nan_to_num(hdul[0].data.squeeze())
+        w = WCS(hdul[0].header).celestial
+        bmaj = hdul[0].header["BMAJ"]
+    iy, ix = np.unravel_index(np.argmax(data), data.shape)
+    sky = w.pixel_to_world(ix, iy)
+    return sky.ra.deg, sky.dec.deg, float(data[iy, ix]), bmaj
+
+
+def separation_deg(ra1, dec1, ra2, dec2):
+    from astropy import units as u
+    from astropy.coordinates import SkyCoord
+
+    return SkyCoord(ra1 * u.deg, dec1 * u.deg).separation(SkyCoord(ra2 * u.deg, dec2 * u.deg)).deg
+
+
+def test_tiny_night_end_to_end(tmp_path):
+    data = tmp_path / "data"
+    scen = Scenario(preset="tiny", n_blocks=2, gains=False, n_random_sources=40, seed=7)
+    simulate_night(scen, data)
+    truth = json.loads((data / "truth.json").read_text())
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTIMG_")}
+    env.update({
+        "CONTIMG_PATHS__DATA_ROOT": str(data),
+        "CONTIMG_PATHS__PRODUCTS_ROOT": str(tmp_path / "products"),
+        "CONTIMG_PATHS__SCRATCH_ROOT": str(tmp_path / "scratch"),
+        "CONTIMG_PATHS__ARCHIVE_ROOT": str(tmp_path / "archive"),
+    })
+    r = subprocess.run([sys.executable, "-m", "contimg.cli", "run", str(data), "--local", "--json",
+                        "--timeout", "900"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1200)
+    assert r.returncode == 0, r.stderr[-3000:]
+    summary = json.loads(r.stdout)
+    assert summary["n_blocks"] == 2 and summary["n_done"] == 2, summary
+    st = subprocess.run([sys.executable, "-m", "contimg.cli", "status", "--json"], capture_output=True, text=True,
+                        env=env, cwd=tmp_path, check=True)
+    records = json.loads(st.stdout)
+    assert [b["state"] for b in records] == ["done", "done"]
+    for i, rec in enumerate(records):
+        assert rec["n_subbands_ok"] == 16
+        assert all(sb["state"] == "ok" for sb in rec["subbands"])
+        img = rec["products"]["image_fits"]
+        assert Path(img).is_file() and Path(rec["products"]["pb_fits"]).is_file()
+        ra, dec, _, bmaj = image_peak(img)
+        sra, sdec, app = brightest_apparent_source(truth, i, rec_mid_jd(tmp_path, rec["block_id"]))
+        sep = separation_deg(ra, dec, sra, sdec)
+        assert sep < bmaj, f"block {rec['block_id']}: peak {sep * 3600:.1f}\" from the brightest source " \
+                           f"({app:.2f} Jy apparent), beam {bmaj * 3600:.1f}\""
+    # scratch is cleaned after success
+    assert not any((tmp_path / "scratch").rglob("*.ms"))
+    # the private redis-server and the workers are gone
+    assert not _our_processes_running(tmp_path)
+
+
+def rec_mid_jd(tmp_path: Path, block_id: str) -> float:
+    url = f"sqlite:///{tmp_path / 'products' / 'contimg.sqlite'}"
+    with db.session(url) as s:
+        return s.get(db.BlockRow, block_id).mid_jd
+
+
+def _our_processes_running(tmp_path: Path) -> bool:
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return any(str(tmp_path) in line for line in out.splitlines())
+
+
+def test_truncated_and_missing_subbands(tmp_path):
+    from contimg.cluster import LocalCluster
+    from contimg import pipeline
+    from contimg.blocks import discover
+
+    data = tmp_path / "data"
+    faults = (Fault(block=0, subband=3, kind="truncate"), Fault(block=0, subband=11, kind="drop"))
+    faults += tuple(Fault(block=1, subband=sb, kind="drop") for sb in (0, 2, 4, 6, 8, 10))
+    scen = Scenario(preset="tiny", n_blocks=3, gains=False, n_random_sources=20, seed=3, faults=faults)
+    simulate_night(scen, data)
+    cfg = make_config(tmp_path, data, min_subbands=12)
+    disc = discover(data)
+    assert [len(b.files) for b in disc.blocks] == [15, 10, 16]
+    with LocalCluster(cfg, tmp_path / "cluster") as cl:
+        subs = pipeline.submit(cl.config, disc.blocks, data)
+        recs = pipeline.wait(cl.config, [s.block_id for s in subs], timeout_s=900)
+    b0, b1, b2 = recs
+    assert b0["state"] == "done" and b0["n_subbands_ok"] == 14
+    sbs = {sb["subband"]: sb for sb in b0["subbands"]}
+    assert sbs[3]["state"] == "failed" and "truncated" in sbs[3]["reason"]
+    assert sbs[11]["state"] == "failed" and "missing" in sbs[11]["reason"]
+    assert "sb03" in b0["reason"] and "sb11" in b0["reason"]
+    assert Path(b0["products"]["image_fits"]).is_file()
+    assert b1["state"] == "failed"
+    assert "only 10 of 16 subbands converted, minimum is 12" in b1["reason"]
+    assert "image_fits" not in b1["products"]
+    assert b2["state"] == "done" and b2["n_subbands_ok"] == 16
