@@ -39,7 +39,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from contimg import products, sky, telescope as tel
-from contimg.errors import ConfigError
 from contimg.sky import PRESETS, Calibrator, Fault, Preset, Scenario, Source  # noqa: F401 (public API)
 
 log = logging.getLogger(__name__)
@@ -173,13 +172,6 @@ def _night_sources(sc: Scenario) -> tuple[Source, ...]:
         ra_range, dec_range = sky.strip_box(sc.dec_deg, lst[0], lst[1])
         rng = _rng(sc.seed, "sky")
         out.extend(sky.random_sky(sc.n_random_sources, rng, ra_range_deg=ra_range, dec_range_deg=dec_range))
-    seen: set[str] = set()
-    for src in out:
-        if src.name in seen:
-            raise ConfigError(
-                f"source name {src.name!r} is used twice (calibrator, sources or random 'SIMnnnn'); rename it"
-            )
-        seen.add(src.name)
     return tuple(out)
 
 
@@ -429,7 +421,7 @@ def subband_uvdata(plan: NightPlan, sbfile: SubbandFile, directions: np.ndarray)
     Parameters
     ----------
     directions : ndarray, shape (n_sources, n_times, 3)
-        As for :func:`subband_visibilities`.
+        As for :func:`subband_visibilities`: ``block_directions(plan, block)[:, subband]``.
     """
     from pyuvdata import UVData
 
@@ -490,7 +482,7 @@ def write_subband_file(uvd, path: str | os.PathLike, fault: Fault | None = None)
     return path.stat().st_size
 
 
-def _block_directions(plan: NightPlan, block_files: Sequence[SubbandFile]) -> np.ndarray:
+def block_directions(plan: NightPlan, block: int) -> np.ndarray:
     """ITRS directions of every source at every integration of a block's files.
 
     Returns
@@ -499,7 +491,7 @@ def _block_directions(plan: NightPlan, block_files: Sequence[SubbandFile]) -> np
     """
     from astropy.time import Time
 
-    jd = np.stack([f.times_jd for f in block_files])
+    jd = np.stack([f.times_jd for f in plan.files[block]])
     ra = [s.ra_deg for s in plan.sources]
     dec = [s.dec_deg for s in plan.sources]
     dirs = sky.itrs_directions(ra, dec, Time(jd.ravel(), format="jd", scale="utc"))
@@ -602,7 +594,7 @@ def simulate_night(
     plan = plan_night(scenario)
     written = dropped = total_bytes = 0
     for block_files in plan.files:
-        directions = _block_directions(plan, block_files)
+        directions = block_directions(plan, block_files[0].block)
         for f in block_files:
             t0 = wallclock.perf_counter()
             label = f"block {f.block + 1}/{scenario.n_blocks} sb{f.subband:02d} {f.filename}"

@@ -21,6 +21,7 @@ several degrees of phase on an outrigger baseline.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import MISSING, asdict, dataclass, fields
 from datetime import datetime
@@ -44,6 +45,8 @@ RANDOM_ALPHA_MEAN = -0.7
 RANDOM_ALPHA_STD = 0.2
 # Half-width of the random-source strip, in primary-beam FWHMs at the band bottom.
 STRIP_HALF_WIDTH_FWHM = 2.0
+# Random sources are named SIM0000, SIM0001, ...; other sources may not use such names.
+RANDOM_NAME = re.compile(r"SIM\d{4,}")
 
 
 # --------------------------------------------------------------------------- presets
@@ -104,25 +107,32 @@ class Preset:
 
 
 # Both arms of the T with uneven spacings (no strong grating lobes in a
-# 5-minute snapshot PSF) plus outriggers for resolution. DSA-117, the station
-# without a listed elevation, is in every preset.
+# 5-minute snapshot PSF). `small` and `tiny` stay in the core (longest baseline
+# ~480 m) so that an image of the whole primary beam is ~700 pixels and a block
+# images in seconds; `tiny-wide` adds outriggers (2.3-2.7 km, with DSA-117, the
+# station without a listed elevation) for tests that need long baselines.
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("full", None, tel.N_CHANNELS, "all 117 stations, 48 channels per subband (~410 MB per file)"),
+        Preset("full", None, tel.N_CHANNELS, "all 117 stations, 48 channels per subband (~430 MB per file)"),
         Preset(
             "small",
-            (1, 3, 8, 14, 22, 27, 33, 40, 47, 51)  # east-west arm
-            + (52, 54, 58, 64, 71, 79, 88, 102)  # north-south arm
-            + (103, 105, 108, 111, 114, 117),  # outriggers
+            (1, 3, 6, 8, 14, 19, 22, 27, 33, 40, 44, 47, 51)  # east-west arm
+            + (52, 54, 58, 61, 64, 71, 79, 84, 88, 95, 102),  # north-south arm
             12,
-            "24 stations (both arms, 6 outriggers), 12 channels per subband (~3.5 MB per file)",
+            "24 core stations (both arms), 12 channels per subband (~5 MB per file)",
         ),
         Preset(
             "tiny",
+            (1, 8, 22, 35, 47, 51) + (54, 64, 71, 79, 92, 102),
+            4,
+            "12 core stations (both arms), 4 channels per subband, for tests",
+        ),
+        Preset(
+            "tiny-wide",
             (1, 8, 22, 35, 51) + (54, 64, 79, 102) + (104, 110, 117),
             4,
-            "12 stations (both arms, 3 outriggers), 4 channels per subband, for unit tests",
+            "12 stations (both arms, 3 outriggers), 4 channels per subband, for long-baseline tests",
         ),
     )
 }
@@ -418,15 +428,20 @@ def _validate_scenario(sc: Scenario) -> None:
     _check(jitter_ok, "start_jitter_s", "seconds in [0, half the block cadence]", sc.start_jitter_s)
     _check(sc.gain_drift >= 0, "gain_drift", "a number >= 0", sc.gain_drift)
     _check(isinstance(sc.sources, list | tuple), "sources", "a list of sources", sc.sources)
-    for i, src in enumerate(sc.sources):
-        _validate_source(src, f"sources[{i}]", sc.n_blocks)
-        unique = src.name not in [s.name for s in sc.sources[:i]]
-        _check(unique, f"sources[{i}].name", "a name no other source has", src.name)
+    taken = [] if sc.calibrator is None else [sc.calibrator.name]
     if sc.calibrator is not None:
         _validate_calibrator(sc.calibrator, sc.n_blocks)
+        _check(not RANDOM_NAME.fullmatch(sc.calibrator.name), "calibrator.name", "a name not like SIMnnnn", taken[0])
+    for i, src in enumerate(sc.sources):
+        _validate_source(src, f"sources[{i}]", sc.n_blocks)
+        unique = src.name not in taken and not RANDOM_NAME.fullmatch(src.name)
+        _check(unique, f"sources[{i}].name", "a name of no other source, not like SIMnnnn (random sources)", src.name)
+        taken.append(src.name)
     _check(isinstance(sc.faults, list | tuple), "faults", "a list of faults", sc.faults)
     for i, fault in enumerate(sc.faults):
         _validate_fault(fault, f"faults[{i}]", sc.n_blocks)
+        unique = (fault.block, fault.subband) not in [(f.block, f.subband) for f in sc.faults[:i]]
+        _check(unique, f"faults[{i}]", "at most one fault per block and subband", fault)
 
 
 def _validate_source(src: Any, key: str, n_blocks: int) -> None:
@@ -573,13 +588,12 @@ def random_sky(
     *,
     ra_range_deg: tuple[float, float],
     dec_range_deg: tuple[float, float],
-    prefix: str = "SIM",
 ) -> list[Source]:
     """Random point sources, uniform on the sphere inside an RA/Dec box.
 
     Fluxes follow ``dN/dS ~ S**-2`` between RANDOM_FLUX_MIN_JY and
     RANDOM_FLUX_MAX_JY; spectral indices are normal(-0.7, 0.2). ``ra_range_deg``
-    may wrap through 0 (``hi`` above 360). Names are ``{prefix}0000``, ...
+    may wrap through 0 (``hi`` above 360). Names are ``SIM0000``, ``SIM0001``, ...
     """
     ra_lo, ra_hi = ra_range_deg
     sin_lo, sin_hi = np.sin(np.radians(dec_range_deg))
@@ -588,6 +602,6 @@ def random_sky(
     flux = 1.0 / rng.uniform(1.0 / RANDOM_FLUX_MAX_JY, 1.0 / RANDOM_FLUX_MIN_JY, n_sources)  # inverse CDF
     alpha = rng.normal(RANDOM_ALPHA_MEAN, RANDOM_ALPHA_STD, n_sources)
     return [
-        Source(f"{prefix}{i:04d}", round(r, 6) % 360.0, round(d, 6), round(s, 6), round(a, 4))
+        Source(f"SIM{i:04d}", round(r, 6) % 360.0, round(d, 6), round(s, 6), round(a, 4))
         for i, (r, d, s, a) in enumerate(zip(ra.tolist(), dec.tolist(), flux.tolist(), alpha.tolist()))
     ]

@@ -174,7 +174,14 @@ def test_truth_lists_sources_and_gains(night):
 # --------------------------------------------------------------------------- physics
 
 
-def test_point_source_phases_to_zero_and_has_the_beam_flux(clean):
+@pytest.fixture(scope="module")
+def clean_wide(tmp_path_factory):
+    """As ``clean`` on the preset with outriggers (2.3-2.7 km baselines)."""
+    return _night(tmp_path_factory, "clean-wide", preset="tiny-wide", n_random_sources=0, gains=False,
+                  noise=False, calibrator=CAL)
+
+
+def test_point_source_phases_to_zero_and_has_the_beam_flux(clean_wide):
     """Rephasing with pyuvdata to the source must leave the source flux, real.
 
     This checks the sign convention, that the declared driftscan phase centre
@@ -185,7 +192,7 @@ def test_point_source_phases_to_zero_and_has_the_beam_flux(clean):
     from astropy.coordinates import AltAz, SkyCoord
     from astropy.time import Time
 
-    out, _, truth = clean
+    out, _, truth = clean_wide
     src = truth["sources"][0]
     for sb in (0, 15):
         uvd = _read(_file(out, truth, sb))
@@ -238,6 +245,21 @@ def test_gains_multiply_the_data_as_recorded(clean, tmp_path_factory):
     for pol, (p, q) in ((0, (0, 0)), (3, (1, 1))):
         expected = off.data_array[:, :, pol] * g[a, p] * np.conj(g[b, q])
         assert np.allclose(on.data_array[:, :, pol], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_sky_visibilities_match_the_direct_sum(monkeypatch):
+    rng = np.random.default_rng(1)
+    positions = rng.uniform(-1500, 1500, (5, 3))
+    offsets = rng.normal(0, 0.02, (3, 4, 3))
+    flux = rng.uniform(0.1, 5.0, (3, 4, 6))
+    freqs = 1.4e9 + np.arange(6) * 2e6
+    monkeypatch.setattr(sim, "MAX_PHASOR_ELEMENTS", 100)  # several chunks of integrations
+    vis = sim.sky_visibilities(positions, offsets, flux, freqs)
+    b = positions[None, :, :] - positions[:, None, :]  # b[a1, a2] = x(a2) - x(a1)
+    delay = np.einsum("abi,sti->stab", b, offsets)[:, :, None] / tel.C_M_S  # (s, t, 1, a1, a2)
+    phase = 2 * np.pi * delay * freqs[None, None, :, None, None]
+    direct = np.sum(flux[..., None, None] * np.exp(1j * phase), axis=0)  # (t, k, a1, a2)
+    assert np.allclose(vis, direct, rtol=1e-5, atol=1e-5)
 
 
 def test_flux_per_block_scales_a_source():
@@ -297,6 +319,7 @@ def test_docs_example_scenario_parses(tmp_path):
         ("[[faults]]\nblock = 0\nsubband = 16\nkind = 'drop'", "faults[0].subband"),
         ("[[faults]]\nblock = 0\nsubband = 1\nkind = 'delete'", "faults[0].kind"),
         ("[[faults]]\nblock = 9\nsubband = 1\nkind = 'drop'", "faults[0].block"),
+        ("[[faults]]\nblock = 0\nsubband = 1\nkind = 'drop'\n" * 2, "faults[1]"),
         ("[[sources]]\nname = 'A'\nra_deg = 10.0\ndec_deg = 50.0", "sources[0].flux_jy"),
         ("[[sources]]\nname = 'A'\nra_deg = 400.0\ndec_deg = 50.0\nflux_jy = 1.0", "sources[0].ra_deg"),
         (
@@ -304,6 +327,11 @@ def test_docs_example_scenario_parses(tmp_path):
             "sources[0].flux_per_block",
         ),
         ("[calibrator]\nflux_jy = 5.0", "calibrator.block"),
+        (
+            "[calibrator]\nflux_jy = 5.0\nblock = 0\n[[sources]]\nname = 'CAL1'\nra_deg = 1.0\ndec_deg = 5.0\nflux_jy = 1.0",
+            "sources[0].name",
+        ),
+        ("[[sources]]\nname = 'SIM0003'\nra_deg = 1.0\ndec_deg = 5.0\nflux_jy = 1.0", "sources[0].name"),
         ("[calibrator]\nflux_jy = 5.0\nblock = 1\nra = 3.0", "calibrator.ra"),
     ],
 )
@@ -331,4 +359,7 @@ def test_full_preset_sizes():
     small = sim.PRESETS["small"]
     assert small.n_antennas == 24 and small.n_channels == 12
     numbers = {s.number for s in small.stations}
-    assert numbers & set(range(1, 52)) and numbers & set(range(52, 103)) and numbers & set(range(103, 118))
+    assert numbers & set(range(1, 52)) and numbers & set(range(52, 103))  # both arms of the T
+    assert not numbers & set(range(103, 118))  # core only: small images
+    wide = {s.number for s in sim.PRESETS["tiny-wide"].stations}
+    assert 117 in wide and len(wide & set(range(103, 118))) == 3
