@@ -214,11 +214,24 @@ def block_dict(row: BlockRow) -> dict[str, Any]:
             for sb in row.subbands
         ],
         "products": {p.kind: p.path for p in row.products},
+        "image": _image_measurements(row.products),
     }
+
+
+def _image_measurements(products: list[ProductRow]) -> dict[str, Any]:
+    for p in products:
+        if p.kind == "image_fits":
+            return dict(p.details or {})
+    return {}
 
 
 def _iso(t: datetime | None) -> str | None:
     return t.isoformat() + "Z" if t else None
+
+
+def parse_iso(text: str) -> datetime:
+    """Inverse of the ISO strings in block records (naive UTC)."""
+    return datetime.fromisoformat(text.rstrip("Z"))
 
 
 def blocks(url: str, block_ids: list[str] | None = None, date: str | None = None) -> list[dict[str, Any]]:

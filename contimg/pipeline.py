@@ -112,24 +112,26 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
         time.sleep(poll_s)
 
 
+STAGES = ("convert_s", "concat_s", "image_s")
+
+
 def summarize(records: list[dict], wall_s: float) -> dict:
     """Counts, reasons, products and stage times of finished blocks."""
     done = [r for r in records if r["state"] == db.DONE]
     failed = [r for r in records if r["state"] == db.FAILED]
-    stages: dict[str, float] = {}
-    for r in records:
-        for k, v in (r.get("timings") or {}).items():
-            if isinstance(v, (int, float)):
-                stages[k] = stages.get(k, 0.0) + v
+    stages = {k: round(sum((r.get("timings") or {}).get(k, 0.0) for r in records), 2) for k in STAGES}
+    block_walls = [r["timings"]["block_wall_s"] for r in records if "block_wall_s" in (r.get("timings") or {})]
     return {
         "n_blocks": len(records),
         "n_done": len(done),
         "n_failed": len(failed),
         "wall_s": round(wall_s, 2),
-        "stage_s_total": {k: round(v, 2) for k, v in sorted(stages.items())},
+        "stage_s_total": stages,
+        "block_wall_s_mean": round(sum(block_walls) / len(block_walls), 2) if block_walls else None,
         "blocks": [
             {"block_id": r["block_id"], "state": r["state"], "reason": r["reason"],
              "n_subbands_ok": r["n_subbands_ok"], "image": r["products"].get("image_fits"),
+             "peak_jy": r.get("image", {}).get("peak_jy"), "rms_jy": r.get("image", {}).get("rms_jy"),
              "products": r["products"], "timings": r["timings"]}
             for r in records
         ],
@@ -137,15 +139,21 @@ def summarize(records: list[dict], wall_s: float) -> dict:
 
 
 def format_summary(s: dict) -> str:
-    lines = [f"blocks: {s['n_done']} done, {s['n_failed']} failed, {s['n_blocks']} in all; wall time {s['wall_s']:.1f} s"]
+    lines = [f"blocks: {s['n_done']} done, {s['n_failed']} failed, {s['n_blocks']} in all; "
+             f"wall time {s['wall_s']:.1f} s"]
     st = s["stage_s_total"]
-    if st:
-        lines.append("stage time summed over blocks (s): " + ", ".join(f"{k}={v:.1f}" for k, v in st.items()))
+    lines.append("time per stage, summed over blocks: " + ", ".join(
+        f"{k.removesuffix('_s')} {v:.1f} s" for k, v in st.items())
+        + " (convert summed over subbands)")
+    if s["block_wall_s_mean"] is not None:
+        lines.append(f"mean wall time per block, first subband task to registered image: {s['block_wall_s_mean']:.1f} s")
     for b in s["blocks"]:
         line = f"  {b['block_id']}  {b['state']:<6}  {b['n_subbands_ok']:>2}/16 subbands"
-        if b["image"]:
-            line += f"  {b['image']}"
+        if b["peak_jy"] is not None:
+            line += f"  peak {b['peak_jy']:.3f} Jy/beam, rms {1e3 * b['rms_jy']:.1f} mJy/beam"
         lines.append(line)
+        if b["image"]:
+            lines.append(f"      {b['image']}")
         if b["reason"]:
             lines.append(f"      reason: {b['reason']}")
     return "\n".join(lines)

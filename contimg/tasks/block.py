@@ -36,12 +36,18 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     missing = list(missing or [])
     ok = sorted((r for r in results if r.get("state") == "ok"), key=lambda r: r["subband"])
     convert_s = [r.get("seconds") or 0.0 for r in results]
-    timings = {"convert_s_sum": round(sum(convert_s), 3), "convert_s_max": round(max(convert_s, default=0.0), 3)}
+    # convert_s: summed over subbands (CPU spent); convert_wall_s: the slowest subband.
+    timings = {"convert_s": round(sum(convert_s), 3), "convert_wall_s": round(max(convert_s, default=0.0), 3)}
     failures = _describe_failures(results, missing)
 
     def finish(state: str, reason: str | None, **extra) -> dict:
+        rec = db.block(url, block_id) or {}
+        started = rec.get("started_at")
+        now = db.utcnow()
+        if started:
+            timings["block_wall_s"] = round((now - db.parse_iso(started)).total_seconds(), 3)
         db.upsert_block(url, block_id, state=state, reason=reason, n_subbands_ok=len(ok),
-                        finished_at=db.utcnow(), timings=timings)
+                        finished_at=now, timings=timings)
         keep = state == db.FAILED and cfg.pipeline.keep_scratch_on_failure
         if not keep:
             for n in sorted(set(nodes_used or [])):
