@@ -166,6 +166,7 @@ def cmd_run(args) -> int:
         with LocalCluster(cfg, workdir) as cl:
             say(f"cluster ready in {time.monotonic() - t0:.1f} s; submitting {len(disc.blocks)} blocks")
             records = _submit_and_wait(cl.config, disc, data_dir, say, args.timeout)
+            cl.wait_idle()
     else:
         from .tasks.app import configure
 
@@ -223,6 +224,7 @@ def cmd_demo(args) -> int:
         records = pipeline.submit(cl.config, disc.blocks, data)
         records = pipeline.wait(cl.config, [s.block_id for s in records],
                                 progress=lambda s: print("   " + s, flush=True), timeout_s=args.timeout)
+        cl.wait_idle()
     summary = pipeline.summarize(records, time.monotonic() - t1)
     print("== summary")
     print(pipeline.format_summary(summary))

@@ -191,6 +191,30 @@ class LocalCluster:
                 raise ContimgError(f"workers {sorted(want - seen)} did not answer within {timeout_s} s")
             time.sleep(0.2)
 
+    def wait_idle(self, timeout_s: float = 120.0) -> bool:
+        """Wait until every node queue is empty and no worker runs a task.
+
+        Follow-up work (scratch cleanup) is sent after a block is recorded as
+        done; a normal finish lets it run before the cluster stops. Returns
+        False if work was still in flight after ``timeout_s``.
+        """
+        import redis
+
+        from .tasks.app import configure
+
+        app = configure(self.config)
+        client = redis.Redis.from_url(self.redis.url)
+        queues = [self.config.node(n).queue for n in self.nodes]
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout_s:
+            if not any(client.llen(q) for q in queues):
+                insp = app.control.inspect(timeout=1.0)
+                active, reserved = insp.active() or {}, insp.reserved() or {}
+                if not any(active.values()) and not any(reserved.values()) and not any(client.llen(q) for q in queues):
+                    return True
+            time.sleep(0.2)
+        return False
+
     def stop_worker(self, node: str, grace_s: float = 20.0) -> None:
         _stop(self.workers.pop(node, None), grace_s)
 

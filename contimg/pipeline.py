@@ -44,7 +44,7 @@ def build_chord(cfg: Config, block: Block, imaging_node: str):
         )
     callback = image_block.s(
         block_id=block.block_id, node=imaging_node, missing=block.missing, nodes_used=sorted(nodes_used)
-    ).set(queue=cfg.node(imaging_node).queue)
+    ).set(queue=cfg.node(imaging_node).queue, ignore_result=True)  # its outcome is in the database
     return chord(header, callback)
 
 
@@ -79,7 +79,22 @@ def submit(cfg: Config, blocks: list[Block], data_dir: Path) -> list[Submitted]:
                               path=None, node=cfg.node_for_subband(sb).name)
         res = build_chord(cfg, block, node).apply_async()
         out.append(Submitted(block.block_id, res.id, node))
+    _stop_result_listener(res.app if blocks else None)
     return out
+
+
+def _stop_result_listener(app) -> None:
+    """Drop the result subscriptions Celery made while sending.
+
+    The submitter follows blocks in the products database, never through
+    result messages; left subscribed, Celery's result objects try to
+    unsubscribe from Redis when finalized, which fails noisily at exit once the
+    private Redis has stopped.
+    """
+    consumer = getattr(getattr(app, "backend", None), "result_consumer", None)
+    if consumer is not None and getattr(consumer, "subscribed_to", None) is not None:
+        consumer.subscribed_to.clear()
+        consumer.stop()
 
 
 ProgressFn = Callable[[str], None]

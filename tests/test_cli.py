@@ -63,3 +63,27 @@ def test_worker_needs_known_node_and_broker(tmp_path):
     assert r.returncode == 1 and "node 'node9' is not in the node map" in r.stderr
     r = contimg("worker", "--node", "node1", cwd=tmp_path)
     assert r.returncode == 1 and "broker.url" in r.stderr
+
+
+def test_simulate_then_convert_from_the_command_line(tmp_path):
+    import json
+
+    r = contimg("simulate", str(tmp_path / "night"), "--preset", "tiny", "--blocks", "1", "--no-gains", "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["n_files"] == 16 and summary["n_blocks"] == 1
+    files = sorted((tmp_path / "night").glob("*_sb*.hdf5"))
+    assert len(files) == 16 and (tmp_path / "night" / "truth.json").is_file()
+    r = contimg("convert", str(files[0]), str(tmp_path / "sb.ms"), "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["uvw_check_max_m"] < 1e-3 and (tmp_path / "sb.ms").is_dir()
+    r = contimg("convert", str(tmp_path / "missing_sb00.hdf5"), str(tmp_path / "x.ms"))
+    assert r.returncode == 1 and "missing_sb00.hdf5" in r.stderr and not (tmp_path / "x.ms").exists()
+
+
+def test_simulate_rejects_a_bad_scenario(tmp_path):
+    bad = tmp_path / "night.toml"
+    bad.write_text("n_blocks = 'six'\n")
+    r = contimg("simulate", str(tmp_path / "out"), "--scenario", str(bad))
+    assert r.returncode == 1 and "n_blocks" in r.stderr

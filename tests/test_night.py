@@ -112,8 +112,18 @@ def rec_mid_jd(tmp_path: Path, block_id: str) -> float:
 
 
 def _our_processes_running(tmp_path: Path) -> bool:
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return any(str(tmp_path) in line for line in out.splitlines())
+    """Any live process whose command line names the test's directory (redis-server, workers)."""
+    me = os.getpid()
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            pid = int(cmdline.parent.name)
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().split(") ")[-1][:1]
+        except (OSError, ValueError):
+            continue
+        if pid != me and state != "Z" and str(tmp_path) in args:
+            return True
+    return False
 
 
 def test_truncated_and_missing_subbands(tmp_path):
@@ -132,6 +142,7 @@ def test_truncated_and_missing_subbands(tmp_path):
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         subs = pipeline.submit(cl.config, disc.blocks, data)
         recs = pipeline.wait(cl.config, [s.block_id for s in subs], timeout_s=900)
+        assert cl.wait_idle()
     b0, b1, b2 = recs
     assert b0["state"] == "done" and b0["n_subbands_ok"] == 14
     sbs = {sb["subband"]: sb for sb in b0["subbands"]}
@@ -143,3 +154,30 @@ def test_truncated_and_missing_subbands(tmp_path):
     assert "only 10 of 16 subbands converted, minimum is 12" in b1["reason"]
     assert "image_fits" not in b1["products"]
     assert b2["state"] == "done" and b2["n_subbands_ok"] == 16
+    # scratch is cleaned after success and after failure (keep_scratch_on_failure is off)
+    assert not any((tmp_path / "scratch").rglob("*.ms"))
+
+
+def test_ctrl_c_stops_every_process(tmp_path):
+    """SIGINT (Ctrl-C) in the middle of `contimg run --local`: exit 130 and nothing left running."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    simulate_night(Scenario(preset="tiny", n_blocks=3, gains=False, n_random_sources=10, seed=5), data)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTIMG_")}
+    env.update({"CONTIMG_PATHS__PRODUCTS_ROOT": str(tmp_path / "products"),
+                "CONTIMG_PATHS__SCRATCH_ROOT": str(tmp_path / "scratch")})
+    proc = subprocess.Popen([sys.executable, "-m", "contimg.cli", "run", str(data), "--local"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    for line in proc.stdout:  # wait until blocks are being processed
+        if " running " in line or time.monotonic() > deadline:
+            break
+    assert _our_processes_running(tmp_path), "the private cluster should be up while blocks run"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    time.sleep(0.5)
+    assert not _our_processes_running(tmp_path), "a worker or redis-server outlived Ctrl-C"
