@@ -30,7 +30,6 @@ once the new one is complete.
 from __future__ import annotations
 
 import dataclasses
-import errno
 import logging
 import math
 import os
@@ -44,7 +43,7 @@ import numpy as np
 
 from . import phasing, telescope
 from .errors import BadSubbandFile, TransientError
-from .products import temporary_name
+from .products import is_disk_error, remove_path, replace_directory, temporary_name
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +56,6 @@ DSA110_NAMES = {"DSA-110", "DSA110", "DSA_110", "OVRO_DSA", "OVRO-DSA"}
 DRIFT_TYPES = ("driftscan", "unprojected")
 
 # Errors while writing that are about the disk, not the data: retry later.
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EBUSY}
-_TRANSIENT_TEXT = ("no space left", "disk quota", "permission denied", "read-only file system", "input/output error")
 
 # Bytes per visibility in the MS (complex64 DATA, float32 WEIGHT_SPECTRUM, bool
 # FLAG), plus a margin for the row columns and subtables.
@@ -406,24 +403,6 @@ def write_ms_atomically(uvd, ms_path: Path) -> dict[str, float]:
         raise
 
 
-def replace_directory(tmp: Path, final: Path) -> None:
-    """Move a complete ``tmp`` (file or directory) to ``final``, replacing it.
-
-    A directory cannot be replaced by one rename, so an old ``final`` is
-    first renamed aside and deleted only after ``tmp`` is in place: ``final``
-    either is absent for an instant or holds a complete product, never a
-    partial one.
-    """
-    old = final.with_name(f".{final.name}.old")
-    if final.is_dir() and not final.is_symlink():
-        remove_path(old)
-        os.rename(final, old)
-        os.rename(tmp, final)
-    else:
-        os.replace(tmp, final)
-    remove_path(old)  # also one left by a run killed between the renames
-
-
 def _check_free_space(uvd, ms_path: Path) -> None:
     need = int(uvd.Nblts) * int(uvd.Nfreqs) * int(uvd.Npols) * _MS_BYTES_PER_VIS * _MS_SPACE_MARGIN
     free = shutil.disk_usage(ms_path.parent).free
@@ -448,24 +427,6 @@ def check_written_ms(ms: Path, *, expected_rows: int, final: Path) -> dict[str, 
     return phasing.uvw_check(back)
 
 
-def is_disk_error(e: BaseException) -> bool:
-    """True when ``e`` is about the disk (space, quota, permission, I/O), not the data."""
-    if isinstance(e, OSError) and e.errno in _TRANSIENT_ERRNOS:
-        return True
-    # python-casacore turns casacore's I/O failures into RuntimeError with the
-    # system message in the text.
-    text = str(e).lower()
-    return any(s in text for s in _TRANSIENT_TEXT)
-
-
 def _first_line(e: BaseException) -> str:
     text = str(e).strip()
     return text.splitlines()[0] if text else type(e).__name__
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or directory tree if it exists."""
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()

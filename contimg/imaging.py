@@ -45,9 +45,8 @@ import numpy as np
 
 from . import casa_env, telescope
 from .config import ImagingConfig
-from .convert import is_disk_error, remove_path, replace_directory
 from .errors import PermanentError, TransientError
-from .products import BlockProducts, temporary_name
+from .products import BlockProducts, is_disk_error, remove_path, replace_directory, temporary_name
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,10 @@ A block id is the timestamp of the earliest subband file of the block
 
 from __future__ import annotations
 
+import errno
+import os
 import re
+import shutil
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -139,3 +142,45 @@ def temporary_name(final: str | Path) -> Path:
     """Sibling temporary path used to write ``final`` atomically (then rename)."""
     final = Path(final)
     return final.with_name(f".{final.name}.partial")
+
+
+# -- atomic placement ----------------------------------------------------------
+
+_DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EBUSY}
+_DISK_TEXT = ("no space left", "disk quota", "permission denied", "read-only file system", "input/output error")
+
+
+def replace_directory(tmp: Path, final: Path) -> None:
+    """Move a complete ``tmp`` (file or directory) to ``final``, replacing it.
+
+    A directory cannot be replaced by one rename, so an old ``final`` is
+    first renamed aside and deleted only after ``tmp`` is in place: ``final``
+    either is absent for an instant or holds a complete product, never a
+    partial one.
+    """
+    old = final.with_name(f".{final.name}.old")
+    if final.is_dir() and not final.is_symlink():
+        remove_path(old)
+        os.rename(final, old)
+        os.rename(tmp, final)
+    else:
+        os.replace(tmp, final)
+    remove_path(old)  # also one left by a run killed between the renames
+
+
+def remove_path(path: Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def is_disk_error(e: BaseException) -> bool:
+    """True when ``e`` is about the disk (space, quota, permission, I/O), not the data."""
+    if isinstance(e, OSError) and e.errno in _DISK_ERRNOS:
+        return True
+    # python-casacore turns casacore's I/O failures into RuntimeError with the
+    # system message in the text.
+    text = str(e).lower()
+    return any(s in text for s in _DISK_TEXT)

@@ -181,3 +181,52 @@ def test_ctrl_c_stops_every_process(tmp_path):
     assert "interrupted" in err
     time.sleep(0.5)
     assert not _our_processes_running(tmp_path), "a worker or redis-server outlived Ctrl-C"
+
+
+def test_run_against_a_configured_broker(tmp_path, redis_server):
+    """A configured cluster: `contimg worker` for node1, the documented plain `celery` line for node2."""
+    import time
+
+    from contimg import config
+
+    data = tmp_path / "data"
+    simulate_night(Scenario(preset="tiny", n_blocks=1, gains=False, n_random_sources=10, seed=11), data)
+    cfg = make_config(tmp_path, data)
+    cfg = cfg.with_broker(redis_server.url)
+    cfg_path = config.write(cfg, tmp_path / "contimg.toml")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CONTIMG_")}
+    env["CONTIMG_CONFIG"] = str(cfg_path)
+    celery_exe = str(Path(sys.executable).parent / "celery")
+    workers = [
+        subprocess.Popen([sys.executable, "-m", "contimg.cli", "worker", "--node", "node1"], env=env, cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+        subprocess.Popen([celery_exe, "-A", "contimg.tasks.app", "worker", "-Q", "node2", "-n", "node2@%h",
+                          "--concurrency", "1", "--prefetch-multiplier", "1"], env=env, cwd=tmp_path,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True),
+    ]
+    try:
+        r = subprocess.run([sys.executable, "-m", "contimg.cli", "run", str(data), "--json", "--timeout", "600"],
+                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=700)
+        assert r.returncode == 0, r.stderr[-2000:]
+        summary = json.loads(r.stdout)
+        assert summary["n_done"] == 1
+        rec = json.loads(subprocess.run([sys.executable, "-m", "contimg.cli", "status", "--json"], env=env,
+                                        cwd=tmp_path, capture_output=True, text=True, check=True).stdout)[0]
+        assert {sb["node"] for sb in rec["subbands"] if sb["subband"] < 8} == {"node1"}
+        assert {sb["node"] for sb in rec["subbands"] if sb["subband"] >= 8} == {"node2"}
+        assert Path(rec["products"]["image_fits"]).is_file()
+        # a directory outside the configured data roots is refused before anything is sent
+        other = tmp_path / "elsewhere"
+        simulate_night(Scenario(preset="tiny", n_blocks=1, seed=1, n_random_sources=0), other)
+        r = subprocess.run([sys.executable, "-m", "contimg.cli", "run", str(other)], capture_output=True, text=True,
+                           env=env, cwd=tmp_path)
+        assert r.returncode == 1 and "paths.data_root" in r.stderr
+    finally:
+        for w in workers:
+            os.killpg(w.pid, 15)
+        for w in workers:
+            try:
+                w.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(w.pid, 9)
+        time.sleep(0.2)
