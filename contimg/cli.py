@@ -165,14 +165,15 @@ def cmd_run(args) -> int:
         say(f"starting a private redis-server and {len(cfg.nodes)} workers ({', '.join(cfg.nodes)}) in {workdir}")
         with LocalCluster(cfg, workdir) as cl:
             say(f"cluster ready in {time.monotonic() - t0:.1f} s; submitting {len(disc.blocks)} blocks")
-            records = _submit_and_wait(cl.config, disc, data_dir, say, args.timeout)
+            records, skipped = _submit_and_wait(cl.config, disc, data_dir, say, args)
             cl.wait_idle()
     else:
         from .tasks.app import configure
 
         configure(cfg)
-        records = _submit_and_wait(cfg, disc, data_dir, say, args.timeout)
+        records, skipped = _submit_and_wait(cfg, disc, data_dir, say, args)
     summary = pipeline.summarize(records, time.monotonic() - t0)
+    summary["skipped"] = skipped
     if args.json:
         _print_json(summary)
     else:
@@ -180,11 +181,18 @@ def cmd_run(args) -> int:
     return EXIT_OK if summary["n_failed"] == 0 or args.allow_failures else EXIT_FAILED
 
 
-def _submit_and_wait(cfg, disc, data_dir, say, timeout):
+def _submit_and_wait(cfg, disc, data_dir, say, args):
+    """Submit, then dispatch and follow the queued blocks; returns (records, skipped)."""
     from . import pipeline
 
-    subs = pipeline.submit(cfg, disc.blocks, data_dir)
-    return pipeline.wait(cfg, [s.block_id for s in subs], progress=say, timeout_s=timeout)
+    subs = pipeline.submit(cfg, disc.blocks, data_dir, force=args.force)
+    queued = [s.block_id for s in subs if s.outcome == "queued"]
+    skipped = [{"block_id": s.block_id, "outcome": s.outcome, "state": s.previous_state}
+               for s in subs if s.outcome != "queued"]
+    for s in skipped:
+        say(f"{s['block_id']} not submitted: it is {s['state'] or s['outcome']} (use --force to process it again)")
+    records = pipeline.wait(cfg, queued, progress=say, timeout_s=args.timeout) if queued else []
+    return records, skipped
 
 
 # -- demo ----------------------------------------------------------------------
@@ -221,8 +229,8 @@ def cmd_demo(args) -> int:
     t1 = time.monotonic()
     with LocalCluster(cfg, base / "cluster") as cl:
         print(f"   redis + workers {', '.join(cfg.nodes)} ready in {time.monotonic() - t1:.1f} s", flush=True)
-        records = pipeline.submit(cl.config, disc.blocks, data)
-        records = pipeline.wait(cl.config, [s.block_id for s in records],
+        subs = pipeline.submit(cl.config, disc.blocks, data, force=True)  # a new simulation: process it all
+        records = pipeline.wait(cl.config, [s.block_id for s in subs],
                                 progress=lambda s: print("   " + s, flush=True), timeout_s=args.timeout)
         cl.wait_idle()
     summary = pipeline.summarize(records, time.monotonic() - t1)
@@ -342,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workdir", help="where the private cluster keeps its logs (default: products_root/local-cluster)")
     r.add_argument("--timeout", type=float, default=None, help="give up waiting after this many seconds")
     r.add_argument("--allow-failures", action="store_true", help="exit 0 even if some blocks failed")
+    r.add_argument("--force", action="store_true", help="process blocks that are already queued or done again")
     r.add_argument("--json", action="store_true", help="print the summary as JSON")
     r.set_defaults(func=cmd_run)
 

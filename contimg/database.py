@@ -53,6 +53,7 @@ class BlockRow(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     reason: Mapped[str | None] = mapped_column(Text, default=None)
     data_dir: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     mid_jd: Mapped[float | None] = mapped_column(Float, default=None)
     n_subbands_found: Mapped[int] = mapped_column(Integer, default=0)
     n_subbands_ok: Mapped[int] = mapped_column(Integer, default=0)
@@ -192,6 +193,7 @@ def block_dict(row: BlockRow) -> dict[str, Any]:
         "state": row.state,
         "reason": row.reason,
         "data_dir": row.data_dir,
+        "run_id": row.run_id,
         "n_subbands_found": row.n_subbands_found,
         "n_subbands_ok": row.n_subbands_ok,
         "imaging_node": row.imaging_node,

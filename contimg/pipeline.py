@@ -16,6 +16,7 @@ from celery import chord
 
 from . import database as db
 from .blocks import Block
+from .dispatch import WorkQueue
 from .config import Config
 from .errors import ConfigError
 from .products import subband_ms
@@ -23,27 +24,44 @@ from .products import subband_ms
 
 @dataclass
 class Submitted:
+    """What submission did with one block."""
+
     block_id: str
-    result_id: str
-    imaging_node: str
+    outcome: str
+    """queued | skipped (already queued, running or done) | inflight (cannot force a running block)"""
+    previous_state: str | None = None
 
 
-def build_chord(cfg: Config, block: Block, imaging_node: str):
+def block_spec(block: Block, data_dir: Path, run_id: str | None = None) -> dict:
+    """The JSON description of a block that waits in the work queue."""
+    return {
+        "block_id": block.block_id,
+        "mid_jd": block.mid_jd,
+        "files": {str(sb): str(f.path) for sb, f in sorted(block.files.items())},
+        "missing": block.missing,
+        "data_dir": str(data_dir),
+        "run_id": run_id,
+    }
+
+
+def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = None):
     """The chord of one block: convert each subband on its node, then image."""
     from .tasks.block import image_block
     from .tasks.subband import convert_subband
 
+    bid = spec["block_id"]
     header = []
     nodes_used = set()
-    for sb, f in sorted(block.files.items()):
+    for sb_text, path in sorted(spec["files"].items(), key=lambda kv: int(kv[0])):
+        sb = int(sb_text)
         node = cfg.node_for_subband(sb)
         nodes_used.add(node.name)
-        ms = subband_ms(cfg.scratch_root(node.name), block.block_id, sb)
+        ms = subband_ms(cfg.scratch_root(node.name), bid, sb)
         header.append(
-            convert_subband.s(block.block_id, sb, str(f.path), str(ms), block.mid_jd, node.name).set(queue=node.queue)
+            convert_subband.s(bid, sb, path, str(ms), spec["mid_jd"], node.name, token=token).set(queue=node.queue)
         )
     callback = image_block.s(
-        block_id=block.block_id, node=imaging_node, missing=block.missing, nodes_used=sorted(nodes_used)
+        block_id=bid, node=imaging_node, missing=spec["missing"], nodes_used=sorted(nodes_used), token=token
     ).set(queue=cfg.node(imaging_node).queue, ignore_result=True)  # its outcome is in the database
     return chord(header, callback)
 
@@ -59,40 +77,99 @@ def check_data_dir(cfg: Config, data_dir: Path) -> None:
         )
 
 
-def submit(cfg: Config, blocks: list[Block], data_dir: Path) -> list[Submitted]:
-    """Record the blocks as queued and send one chord per block."""
+ACTIVE_OR_DONE = (db.QUEUED, db.RUNNING, db.IMAGING, db.DONE)
+
+
+def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = False,
+           run_id: str | None = None) -> list[Submitted]:
+    """Put blocks in the work queue and record them as queued.
+
+    A block already queued, running or done is left alone unless ``force``;
+    a block in flight is never handed out twice.
+    """
     check_data_dir(cfg, data_dir)
-    imagers = [n.name for n in cfg.imaging_nodes()]
     url = cfg.database_url
+    queue = WorkQueue.from_url(cfg.broker.url)
     out = []
-    for i, block in enumerate(blocks):
-        node = imagers[i % len(imagers)]
+    for block in blocks:
         prev = db.block(url, block.block_id)
+        prev_state = prev["state"] if prev else None
+        if prev_state in ACTIVE_OR_DONE and not force:
+            out.append(Submitted(block.block_id, "skipped", prev_state))
+            continue
+        outcome = queue.enqueue(block.block_id, block_spec(block, data_dir, run_id), force=force)
+        if outcome == "inflight":
+            out.append(Submitted(block.block_id, "inflight", prev_state))
+            continue
         db.upsert_block(
             url, block.block_id, state=db.QUEUED, reason=None, data_dir=str(data_dir), mid_jd=block.mid_jd,
-            n_subbands_found=len(block.files), n_subbands_ok=0, imaging_node=node,
-            attempts=(prev["attempts"] if prev else 0) + 1, submitted_at=db.utcnow(), started_at=None,
-            finished_at=None, timings={},
+            n_subbands_found=len(block.files), n_subbands_ok=0, submitted_at=db.utcnow(), started_at=None,
+            finished_at=None, timings={}, run_id=run_id,
         )
         for sb in block.missing:
             db.upsert_subband(url, block.block_id, sb, state=db.SB_FAILED, reason="missing from the block",
                               path=None, node=cfg.node_for_subband(sb).name)
-        res = build_chord(cfg, block, node).apply_async()
-        out.append(Submitted(block.block_id, res.id, node))
-    _stop_result_listener(res.app if blocks else None)
+        out.append(Submitted(block.block_id, "queued", prev_state))
     return out
+
+
+class Dispatcher:
+    """Fills the imaging nodes' free slots from the work queue and reaps expired leases.
+
+    ``step()`` is cheap and idempotent: run it in a loop (``contimg run`` does
+    while it waits; ``contimg dispatch`` does as a service). Several
+    dispatchers may run at once: every queue change is atomic in Redis.
+    """
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.queue = WorkQueue.from_url(cfg.broker.url)
+        self._app_configured = False
+
+    def step(self) -> list[str]:
+        """One pass; returns human-readable events."""
+        cfg, url, events = self.cfg, self.cfg.database_url, []
+        d = cfg.dispatch
+        for r in self.queue.reap(d.max_attempts):
+            if r.outcome == "failed":
+                reason = (f"handed out {r.attempts} times and its lease expired each time (tasks did not finish "
+                          f"within dispatch.lease_s={d.lease_s:g} s); check the workers, then `contimg resubmit`")
+                db.upsert_block(url, r.block_id, state=db.FAILED, reason=reason, finished_at=db.utcnow())
+            else:
+                db.upsert_block(url, r.block_id, state=db.QUEUED,
+                                reason=f"lease expired on attempt {r.attempts}; queued again")
+            events.append(f"{r.block_id} lease expired: {r.outcome}")
+        nodes = [n.name for n in cfg.imaging_nodes()]
+        progress = True
+        while progress:  # round-robin over imaging nodes, one block at a time
+            progress = False
+            for node in nodes:
+                c = self.queue.claim(node, d.max_inflight_per_node, d.lease_s)
+                if c is None:
+                    continue
+                progress = True
+                db.upsert_block(url, c.block_id, imaging_node=node, attempts=c.attempt)
+                build_chord(cfg, c.spec, node, c.token).apply_async()
+                events.append(f"{c.block_id} dispatched to {node} (attempt {c.attempt})")
+        _stop_result_listener(self._app())
+        return events
+
+    def _app(self):
+        from .tasks.app import app
+
+        return app
 
 
 def _stop_result_listener(app) -> None:
     """Drop the result subscriptions Celery made while sending.
 
-    The submitter follows blocks in the products database, never through
+    The dispatcher follows blocks in the products database, never through
     result messages; left subscribed, Celery's result objects try to
-    unsubscribe from Redis when finalized, which fails noisily at exit once the
+    unsubscribe from Redis when finalized, which fails noisily at exit once a
     private Redis has stopped.
     """
     consumer = getattr(getattr(app, "backend", None), "result_consumer", None)
-    if consumer is not None and getattr(consumer, "subscribed_to", None) is not None:
+    if consumer is not None and getattr(consumer, "subscribed_to", None):
         consumer.subscribed_to.clear()
         consumer.stop()
 
@@ -100,18 +177,22 @@ def _stop_result_listener(app) -> None:
 ProgressFn = Callable[[str], None]
 
 
-def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, poll_s: float = 0.5,
-         timeout_s: float | None = None) -> list[dict]:
+def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, poll_s: float | None = None,
+         timeout_s: float | None = None, dispatcher: Dispatcher | None = None) -> list[dict]:
     """Wait until every block is done or failed, reporting state changes.
 
-    Returns the final block records. Raises TimeoutError naming the blocks
-    still open when ``timeout_s`` passes.
+    With a ``dispatcher`` (the default), this process also hands out the
+    blocks as imaging slots free up. Returns the final block records. Raises
+    TimeoutError naming the blocks still open when ``timeout_s`` passes.
     """
     url = cfg.database_url
+    poll_s = poll_s if poll_s is not None else cfg.dispatch.poll_s
+    dispatcher = dispatcher if dispatcher is not None else Dispatcher(cfg)
     last: dict[str, str] = {}
     t0 = time.monotonic()
     final = {db.DONE, db.FAILED}
     while True:
+        dispatcher.step()
         states = db.states(url, block_ids)
         for bid in block_ids:
             st = states.get(bid, "unknown")

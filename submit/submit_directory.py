@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("directory", help="directory holding *_sbNN.hdf5 files")
     p.add_argument("--config", help="TOML configuration (default: $CONTIMG_CONFIG or ./contimg.toml)")
     p.add_argument("--json", action="store_true", help="print the submitted blocks as JSON")
+    p.add_argument("--force", action="store_true", help="queue blocks that are already queued or done again")
     args = p.parse_args(argv)
     try:
         cfg = config.load(args.config)
@@ -37,17 +38,18 @@ def main(argv: list[str] | None = None) -> int:
         configure(cfg)
         data_dir = Path(args.directory).resolve()
         disc = discover(data_dir, tolerance_s=cfg.pipeline.block_tolerance_s)
-        subs = pipeline.submit(cfg, disc.blocks, data_dir)
+        subs = pipeline.submit(cfg, disc.blocks, data_dir, force=args.force)
     except (ContimgError, FileNotFoundError, NotADirectoryError) as e:
         print(f"submit_directory: {e}", file=sys.stderr)
         return 1
-    rows = [{"block_id": s.block_id, "chord_id": s.result_id, "imaging_node": s.imaging_node} for s in subs]
+    rows = [{"block_id": s.block_id, "outcome": s.outcome, "previous_state": s.previous_state} for s in subs]
     if args.json:
         print(json.dumps(rows, indent=2))
     else:
         for r in rows:
-            print(f"{r['block_id']}  imaging on {r['imaging_node']}  chord {r['chord_id']}")
-        print(f"submitted {len(rows)} blocks; follow them with `contimg status`")
+            print(f"{r['block_id']}  {r['outcome']}" + (f" (was {r['previous_state']})" if r["previous_state"] else ""))
+        print(f"queued {sum(r['outcome'] == 'queued' for r in rows)} blocks; a dispatcher "
+              "(`contimg dispatch`) hands them to the imaging nodes; follow them with `contimg status`")
     return 0
 
 

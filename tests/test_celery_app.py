@@ -20,16 +20,18 @@ def test_settings_json_only_and_late_acks():
 
 
 def test_chord_routes_each_subband_to_its_node(tmp_path):
-    from contimg.pipeline import build_chord
+    from contimg.pipeline import block_spec, build_chord
 
     cfg = config.load(env={"CONTIMG_BROKER__URL": "redis://127.0.0.1:1/0",
                            "CONTIMG_PATHS__SCRATCH_ROOT": str(tmp_path)})
     t = datetime(2025, 10, 5, 3, 0, 0, tzinfo=timezone.utc)
     files = {sb: SubbandFile(tmp_path / f"f{sb}", t, sb, 1) for sb in range(16) if sb != 4}
-    ch = build_chord(cfg, Block("2025-10-05T03:00:00", files), "node1")
+    spec = block_spec(Block("2025-10-05T03:00:00", files), tmp_path)
+    ch = build_chord(cfg, spec, "node1", token="t0k")
     queues = {s.args[1]: s.options["queue"] for s in ch.tasks}
     assert queues == {sb: ("node1" if sb < 8 else "node2") for sb in range(16) if sb != 4}
     for s in ch.tasks:
         assert s.args[3].startswith(str(tmp_path / s.options["queue"]))
     assert ch.body.options["queue"] == "node1"
     assert ch.body.kwargs["missing"] == [4] and ch.body.kwargs["nodes_used"] == ["node1", "node2"]
+    assert ch.body.kwargs["token"] == "t0k" and all(s.kwargs["token"] == "t0k" for s in ch.tasks)

@@ -141,6 +141,7 @@ def test_truncated_and_missing_subbands(tmp_path):
     assert [len(b.files) for b in disc.blocks] == [15, 10, 16]
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         subs = pipeline.submit(cl.config, disc.blocks, data)
+        assert [s.outcome for s in subs] == ["queued"] * 3
         recs = pipeline.wait(cl.config, [s.block_id for s in subs], timeout_s=900)
         assert cl.wait_idle()
     b0, b1, b2 = recs

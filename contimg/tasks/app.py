@@ -71,6 +71,31 @@ def current_config() -> _config.Config:
     return _current
 
 
+_queue = None
+
+
+def work_queue():
+    """The dispatch work queue on this process's broker (one client per process)."""
+    global _queue
+    if _queue is None:
+        from ..dispatch import WorkQueue
+
+        _queue = WorkQueue.from_url(current_config().broker.url)
+    return _queue
+
+
+def lease_holds(block_id: str, token: str | None) -> bool:
+    """Renew the block's lease; False when this task's token is stale.
+
+    A task sent without a token (a chord built outside the dispatcher) always
+    proceeds. A stale token means the block's lease expired and the block was
+    handed out again: this copy must not touch its products.
+    """
+    if token is None:
+        return True
+    return work_queue().renew(block_id, token, current_config().dispatch.lease_s)
+
+
 def _configure_on_import() -> None:
     # `celery -A contimg.tasks.app` imports this module: take the configuration
     # from CONTIMG_CONFIG / ./contimg.toml / the environment then.

@@ -10,7 +10,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from .. import database as db
 from ..errors import PermanentError, TransientError
 from ..products import block_products
-from .app import app, current_config
+from .app import app, current_config, lease_holds, work_queue
 from .subband import backoff_s, cleanup_scratch
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def _describe_failures(results: list[dict], missing: list[int]) -> str:
 
 @app.task(bind=True, name="contimg.image_block")
 def image_block(self, results: list[dict], block_id: str, node: str, missing: list[int] | None = None,
-                nodes_used: list[str] | None = None) -> dict:
+                nodes_used: list[str] | None = None, token: str | None = None) -> dict:
     """Concatenate the good subbands of a block, image Stokes I, register products.
 
     A block with fewer good subbands than ``pipeline.min_subbands`` is recorded
@@ -33,6 +33,9 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     """
     cfg = current_config()
     url = cfg.database_url
+    if not lease_holds(block_id, token) or any(r.get("state") == "superseded" for r in results):
+        log.warning("block %s: stale lease, the block was handed out again; this copy stops", block_id)
+        return {"block_id": block_id, "state": "superseded"}
     missing = list(missing or [])
     ok = sorted((r for r in results if r.get("state") == "ok"), key=lambda r: r["subband"])
     convert_s = [r.get("seconds") or 0.0 for r in results]
@@ -48,6 +51,8 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
             timings["block_wall_s"] = round((now - db.parse_iso(started)).total_seconds(), 3)
         db.upsert_block(url, block_id, state=state, reason=reason, n_subbands_ok=len(ok),
                         finished_at=now, timings=timings)
+        if token is not None:
+            work_queue().release(block_id, token)  # frees the imaging slot for the next block
         keep = state == db.FAILED and cfg.pipeline.keep_scratch_on_failure
         if not keep:
             for n in sorted(set(nodes_used or [])):

@@ -13,7 +13,7 @@ from .. import database as db
 from ..config import check_path_in_roots
 from ..errors import PermanentError, TransientError
 from ..products import block_scratch_dir
-from .app import app, current_config
+from .app import app, current_config, lease_holds
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,18 @@ def _result(block_id: str, subband: int, node: str, state: str, **extra) -> dict
 
 @app.task(bind=True, name="contimg.convert_subband")
 def convert_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: str,
-                    block_mid_jd: float, node: str) -> dict:
+                    block_mid_jd: float, node: str, token: str | None = None) -> dict:
     """Convert one subband file into the node's scratch.
 
     Returns a structured result (``state`` ok with ``ms_path``, or failed with
     ``reason``) instead of raising, so one bad subband never strands the chord
-    (FIELD-NOTES §4). Only :class:`TransientError` is retried.
+    (FIELD-NOTES §4). Only :class:`TransientError` is retried. A task whose
+    lease ``token`` is stale (the block was handed out again) does nothing.
     """
     cfg = current_config()
+    if not lease_holds(block_id, token):
+        log.warning("block %s sb%02d: stale lease, the block was handed out again; skipping", block_id, subband)
+        return _result(block_id, subband, node, "superseded", reason="stale lease")
     url = cfg.database_url
     attempt = self.request.retries + 1
     t0 = time.monotonic()
