@@ -58,7 +58,7 @@ class BrokerConfig:
     """Redelivery of unacknowledged messages; above the longest task (FIELD-NOTES §4)."""
     result_expires_s: int = 7 * 24 * 3600
     """Chord counters and results live this long; far above the longest chord wait."""
-    task_time_limit_s: int = 3600
+    task_time_limit_s: int = 1200
     """Hard limit per task: a hung task is killed and recorded."""
 
 
@@ -103,6 +103,20 @@ class PipelineConfig:
 
 
 @dataclass
+class DispatchConfig:
+    """Dynamic dispatch of blocks from the Redis work queue (contimg/dispatch.py)."""
+
+    max_inflight_per_node: int = 2
+    """Blocks in flight per imaging node at most (K)."""
+    lease_s: float = 1800.0
+    """A block whose tasks show no sign of life for this long is handed out again."""
+    max_attempts: int = 3
+    """Times a block is handed out before it is failed (expired leases)."""
+    poll_s: float = 0.5
+    """How often the dispatcher fills free slots and reaps expired leases."""
+
+
+@dataclass
 class ImagingConfig:
     """tclean settings for the Stokes I block image."""
 
@@ -128,6 +142,54 @@ class ImagingConfig:
     """tclean gridder (standard or wproject)."""
     deconvolver: str = "hogbom"
     """tclean deconvolver."""
+    primary_beam: str = "drift"
+    """``drift``: the Airy beam averaged over the block's drift (transit dishes); ``tracking``: centred on the phase centre."""
+    max_bandwidth_smearing: float = 0.01
+    """Channels are averaged before imaging only while the peak loss of the longest baseline at the image edge stays below this."""
+
+
+FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag")
+WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
+
+
+@dataclass
+class FlaggingConfig:
+    """Flagging in the per-subband step (see docs/calibration.md)."""
+
+    strategy: str = "tfcrop+rflag"
+    """RFI flagging with casatasks.flagdata: none, tfcrop, rflag or tfcrop+rflag."""
+    bad_antennas: list[str] = field(default_factory=list)
+    """Antennas known bad: ``"DSA-003"`` (every night) or ``"2025-10-05:DSA-003"`` (that UTC date only)."""
+    auto_outlier_factor: float = 3.0
+    """An antenna whose median autocorrelation power is this factor above or below the array median is flagged."""
+    tfcrop_timecutoff: float = 4.0
+    """tfcrop: flag beyond this many sigma from the fitted time shape."""
+    tfcrop_freqcutoff: float = 3.0
+    """tfcrop: flag beyond this many sigma from the fitted bandpass shape."""
+    rflag_timedevscale: float = 5.0
+    """rflag: threshold on the local time r.m.s., in units of its median."""
+    rflag_freqdevscale: float = 5.0
+    """rflag: threshold on the spectral r.m.s., in units of its median."""
+
+
+@dataclass
+class CalibrationConfig:
+    """Calibrator blocks, bandpass and gain solutions, and their application."""
+
+    min_apparent_jy: float = 5.0
+    """A block whose beam sees a catalogued calibrator at least this bright (beam-attenuated) is a calibrator block."""
+    validity_window_s: float = 6 * 3600.0
+    """Caltables apply to target blocks at most this far in time, either direction."""
+    refant: str = ""
+    """Reference antenna name(s) for CASA (``"DSA-051"`` or a comma list); empty: the least flagged antenna."""
+    bandpass_solint: str = "inf"
+    """casatasks.bandpass solint (one per-channel solution per calibrator block by default)."""
+    solint: str = "inf"
+    """casatasks.gaincal solint of the amplitude-and-phase gains."""
+    minsnr: float = 3.0
+    """Solutions below this signal-to-noise ratio are flagged."""
+    without_calibration: str = "uncalibrated"
+    """A target block with no valid caltables: wait (for a later calibrator), uncalibrated (image DATA) or fail."""
 
 
 @dataclass
@@ -139,7 +201,10 @@ class Config:
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    dispatch: DispatchConfig = field(default_factory=DispatchConfig)
     imaging: ImagingConfig = field(default_factory=ImagingConfig)
+    flagging: FlaggingConfig = field(default_factory=FlaggingConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     source: dict[str, str] = field(default_factory=dict, repr=False)
     """Where each dotted key's value came from: default, file:PATH or env:VAR."""
     file: Path | None = None
@@ -201,7 +266,10 @@ _SECTIONS = {
     "broker": BrokerConfig,
     "database": DatabaseConfig,
     "pipeline": PipelineConfig,
+    "dispatch": DispatchConfig,
     "imaging": ImagingConfig,
+    "flagging": FlaggingConfig,
+    "calibration": CalibrationConfig,
 }
 _NODE_KEYS = {"subbands", "imaging", "scratch_root"}
 
@@ -305,6 +373,10 @@ def _parse_env_value(text: str) -> Any:
 def _coerce(key: str, value: Any, ftype: Any, base_dir: Path) -> Any:
     t = ftype if isinstance(ftype, str) else getattr(ftype, "__name__", str(ftype))
     t = str(t)
+    if "list[str]" in t:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+        return list(value)
     if "list[Path]" in t:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{key}: expected a list of paths, got {value!r}")
@@ -421,6 +493,18 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"pipeline.block_tolerance_s: {pl.block_tolerance_s} must be in (0, 300] seconds")
     if pl.max_retries < 0:
         raise ConfigError("pipeline.max_retries: must be >= 0")
+    d = cfg.dispatch
+    if d.max_inflight_per_node < 1:
+        raise ConfigError("dispatch.max_inflight_per_node: must be >= 1")
+    if d.max_attempts < 1:
+        raise ConfigError("dispatch.max_attempts: must be >= 1")
+    if d.lease_s <= cfg.broker.task_time_limit_s:
+        raise ConfigError(
+            f"dispatch.lease_s: {d.lease_s:g} s must exceed broker.task_time_limit_s "
+            f"({cfg.broker.task_time_limit_s} s), or a block is handed out again while its task still runs"
+        )
+    if not 0 < d.poll_s <= 60:
+        raise ConfigError("dispatch.poll_s: must be in (0, 60] seconds")
     b = cfg.broker
     if b.url and not b.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"broker.url: {b.url!r} is not a redis:// URL")
@@ -450,6 +534,25 @@ def validate(cfg: Config) -> None:
         raise ConfigError("imaging.pb_limit: must be between 0 and 1")
     if im.imsize < 0 or im.imsize > 16384 or im.max_imsize < 64:
         raise ConfigError("imaging.imsize: must be 0 (automatic) or up to 16384; max_imsize >= 64")
+    fl = cfg.flagging
+    if fl.strategy not in FLAGGING_STRATEGIES:
+        raise ConfigError(f"flagging.strategy: {fl.strategy!r} is not one of {', '.join(FLAGGING_STRATEGIES)}")
+    if fl.auto_outlier_factor <= 1:
+        raise ConfigError("flagging.auto_outlier_factor: must be > 1 (a ratio to the array median)")
+    for entry in fl.bad_antennas:
+        if not entry.strip() or entry.count(":") > 1:
+            raise ConfigError(f"flagging.bad_antennas: {entry!r} is not NAME or YYYY-MM-DD:NAME")
+    ca = cfg.calibration
+    if ca.without_calibration not in WITHOUT_CALIBRATION:
+        raise ConfigError(
+            f"calibration.without_calibration: {ca.without_calibration!r} is not one of {', '.join(WITHOUT_CALIBRATION)}"
+        )
+    if ca.validity_window_s <= 0 or ca.min_apparent_jy <= 0 or ca.minsnr < 0:
+        raise ConfigError("calibration: validity_window_s and min_apparent_jy must be > 0, minsnr >= 0")
+    if im.primary_beam not in ("drift", "tracking"):
+        raise ConfigError(f"imaging.primary_beam: {im.primary_beam!r} is not drift or tracking")
+    if not 0 <= im.max_bandwidth_smearing < 0.5:
+        raise ConfigError("imaging.max_bandwidth_smearing: must be >= 0 and < 0.5 (a fractional peak loss)")
 
 
 # ---------------------------------------------------------------------------
