@@ -240,6 +240,118 @@ def cmd_demo(args) -> int:
     return EXIT_OK if summary["n_failed"] == 0 else EXIT_FAILED
 
 
+# -- submit / resubmit / runs / dispatch ----------------------------------------
+
+
+def _cluster_config(args) -> _config.Config:
+    cfg = _load_config(args)
+    if cfg.local and not getattr(args, "dry_run", False):
+        raise ContimgError("broker.url is empty: submit needs a running cluster (set broker.url); "
+                           "for a private one use `contimg run --local DIR`")
+    if not cfg.local:
+        from .tasks.app import configure
+
+        configure(cfg)
+    return cfg
+
+
+def _report_run(res, args, cfg) -> int:
+    from . import pipeline
+
+    d = res.as_dict()
+    if args.wait and res.run_id:
+        queued = [s.block_id for s in res.submitted if s.outcome == "queued"]
+        say = (lambda s: None) if args.json else (lambda s: print(s, flush=True))
+        t0 = time.monotonic()
+        recs = pipeline.wait(cfg, queued, progress=say, timeout_s=args.timeout) if queued else []
+        d["summary"] = pipeline.summarize(recs, time.monotonic() - t0)
+    if args.json:
+        _print_json(d)
+        return EXIT_OK
+    head = f"run {d['run_id']}" if d["run_id"] else "dry run: nothing submitted"
+    print(f"{head}: {d['kind']} {json.dumps(d['selection'])}")
+    for b in d["blocks"]:
+        print(f"  {b['block_id']}  {b['outcome']}" + (f" (was {b['previous_state']})" if b["previous_state"] else ""))
+    if not d["blocks"]:
+        print("  no blocks matched under paths.data_root")
+    if "summary" in d:
+        from .pipeline import format_summary
+
+        print(format_summary(d["summary"]))
+    elif d["run_id"]:
+        print("a dispatcher (`contimg dispatch`) hands the queued blocks to the imaging nodes; "
+              f"follow them with `contimg status --run {d['run_id']}`")
+    return EXIT_OK
+
+
+def cmd_submit(args) -> int:
+    from .submission import parse_remap, select_lst, select_night, submit_selection
+
+    cfg = _cluster_config(args)
+    remap = parse_remap(args.remap, cfg)
+    if args.what == "night":
+        sel = select_night(cfg, args.date)
+    else:
+        sel = select_lst(cfg, args.start, args.end, args.date)
+    res = submit_selection(cfg, sel, force=args.force, dry_run=args.dry_run, remap=remap)
+    return _report_run(res, args, cfg)
+
+
+def cmd_resubmit(args) -> int:
+    from .products import check_block_id
+    from .submission import failed_blocks, submit_selection
+
+    if not args.failed:
+        raise ContimgError("resubmit: say --failed (only failed blocks are resubmitted; use submit --force otherwise)")
+    cfg = _cluster_config(args)
+    ids = [check_block_id(b) for b in args.block] if args.block else None
+    if args.run is None and ids is None:
+        from . import database as db
+
+        ids = [r["block_id"] for r in db.blocks(cfg.database_url) if r["state"] == db.FAILED]
+    sel = failed_blocks(cfg, run_id=args.run, block_ids=ids)
+    res = submit_selection(cfg, sel, force=True, dry_run=args.dry_run)
+    return _report_run(res, args, cfg)
+
+
+def cmd_runs(args) -> int:
+    from . import database as db
+
+    cfg = _load_config(args)
+    rows = db.runs(cfg.database_url, args.run)
+    if args.run and not rows:
+        raise KeyError(f"unknown run id {args.run}; `contimg runs` lists the runs")
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no runs recorded in {cfg.database_url}")
+    for r in rows:
+        states = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
+        print(f"{r['run_id']}  {r['kind']:<9} {len(r['block_ids']):>4} blocks  by {r['submitted_by']} "
+              f"at {r['submitted_at']}  [{states}]")
+    return EXIT_OK
+
+
+def cmd_dispatch(args) -> int:
+    """Hand queued blocks to imaging nodes and reap expired leases, until stopped."""
+    from .dispatch import WorkQueue
+    from .pipeline import Dispatcher
+
+    cfg = _cluster_config(args)
+    disp = Dispatcher(cfg)
+    print(f"dispatching from {_redact('broker.url', cfg.broker.url)}: K={cfg.dispatch.max_inflight_per_node} "
+          f"per imaging node, lease {cfg.dispatch.lease_s:g} s", flush=True)
+    while True:
+        for ev in disp.step():
+            print(ev, flush=True)
+        if args.once:
+            if args.json:
+                _print_json(WorkQueue.from_url(cfg.broker.url).counts())
+            return EXIT_OK
+        time.sleep(cfg.dispatch.poll_s)
+
+
 # -- status --------------------------------------------------------------------
 
 
@@ -251,6 +363,11 @@ def cmd_status(args) -> int:
     ids = None
     if args.block:
         ids = [check_block_id(b) for b in args.block]
+    if args.run:
+        runs = db.runs(cfg.database_url, args.run)
+        if not runs:
+            raise KeyError(f"unknown run id {args.run}; `contimg runs` lists the runs")
+        ids = (ids or []) + runs[0]["block_ids"]
     recs = db.blocks(cfg.database_url, ids, date=args.date)
     if ids:
         unknown = sorted(set(ids) - {r["block_id"] for r in recs})
@@ -365,9 +482,49 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="state, reason and products of each block")
     st.add_argument("--block", action="append", help="only this block id (repeatable)")
     st.add_argument("--date", help="only blocks of this UTC date")
+    st.add_argument("--run", help="only the blocks of this run")
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.add_argument("--verbose", action="store_true", help="list failed subbands with reasons")
     st.set_defaults(func=cmd_status)
+
+    sb = sub.add_parser("submit", help="submit a night or an LST range found under paths.data_root")
+    sbs = sb.add_subparsers(dest="what", metavar="WHAT")
+    sn = sbs.add_parser("night", help="every block of a UTC date")
+    sn.add_argument("date", help="YYYY-MM-DD")
+    sl = sbs.add_parser("lst", help="blocks whose mid-time LST lies in [START, END)")
+    sl.add_argument("start", help="LST like 14h, 14h30m, 14:30")
+    sl.add_argument("end", help="LST like 16h (may wrap past 24h)")
+    sl.add_argument("--date", help="only this UTC date (YYYY-MM-DD)")
+    for x in (sn, sl):
+        x.add_argument("--dry-run", action="store_true", help="list what would be submitted; submit nothing")
+        x.add_argument("--force", action="store_true", help="queue blocks that are queued or done again")
+        x.add_argument("--remap", action="append", metavar="sbNN=NODE",
+                       help="move a subband to another node for this submission (repeatable)")
+        x.add_argument("--wait", action="store_true", help="dispatch and wait here until the run ends")
+        x.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+        x.add_argument("--json", action="store_true", help="machine-readable output")
+        x.set_defaults(func=cmd_submit)
+    sb.set_defaults(func=lambda a: (sb.print_help(), EXIT_USAGE)[1])
+
+    rs = sub.add_parser("resubmit", help="queue failed blocks again as a new run")
+    rs.add_argument("--failed", action="store_true", help="resubmit the failed blocks (required)")
+    rs.add_argument("--run", help="only the failed blocks of this run")
+    rs.add_argument("--block", action="append", help="only this block id (repeatable)")
+    rs.add_argument("--dry-run", action="store_true", help="list what would be resubmitted")
+    rs.add_argument("--wait", action="store_true", help="dispatch and wait here until the run ends")
+    rs.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    rs.add_argument("--json", action="store_true", help="machine-readable output")
+    rs.set_defaults(func=cmd_resubmit)
+
+    ru = sub.add_parser("runs", help="recorded runs with the states of their blocks")
+    ru.add_argument("run", nargs="?", help="one run id")
+    ru.add_argument("--json", action="store_true", help="machine-readable output")
+    ru.set_defaults(func=cmd_runs)
+
+    dp = sub.add_parser("dispatch", help="hand queued blocks to imaging nodes and reap expired leases (a service)")
+    dp.add_argument("--once", action="store_true", help="one pass, then exit")
+    dp.add_argument("--json", action="store_true", help="with --once: print the queue counts as JSON")
+    dp.set_defaults(func=cmd_dispatch)
 
     w = sub.add_parser("worker", help="start a Celery worker for one node's queue")
     w.add_argument("--node", required=True, help="node name from the node map")

@@ -69,6 +69,21 @@ class BlockRow(Base):
     products: Mapped[list[ProductRow]] = relationship(back_populates="block", order_by="ProductRow.kind")
 
 
+class RunRow(Base):
+    """One submission: who submitted what, when, with which configuration."""
+
+    __tablename__ = "runs"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  # night | lst | directory | resubmit
+    selection: Mapped[dict] = mapped_column(JSON, default=dict)
+    submitted_by: Mapped[str] = mapped_column(String(64))
+    submitted_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    config_toml: Mapped[str] = mapped_column(Text)
+    remap: Mapped[dict] = mapped_column(JSON, default=dict)
+    block_ids: Mapped[list] = mapped_column(JSON, default=list)
+
+
 class SubbandRow(Base):
     __tablename__ = "subbands"
 
@@ -267,3 +282,29 @@ def mark_block_running(url: str, block_id: str) -> None:
         if row is not None and row.state == QUEUED:
             row.state = RUNNING
             row.started_at = utcnow()
+
+
+def create_run(url: str, run_id: str, *, kind: str, selection: dict, submitted_by: str, config_toml: str,
+               remap: dict, block_ids: list[str]) -> None:
+    with session(url) as s:
+        s.add(RunRow(run_id=run_id, kind=kind, selection=selection, submitted_by=submitted_by,
+                     config_toml=config_toml, remap=remap, block_ids=block_ids, submitted_at=utcnow()))
+
+
+def runs(url: str, run_id: str | None = None) -> list[dict[str, Any]]:
+    """Runs (newest first) with the states of their blocks."""
+    with session(url) as s:
+        q = select(RunRow).order_by(RunRow.submitted_at.desc())
+        if run_id is not None:
+            q = q.where(RunRow.run_id == run_id)
+        out = []
+        for r in s.scalars(q):
+            st = dict(s.execute(select(BlockRow.block_id, BlockRow.state).where(
+                BlockRow.block_id.in_(r.block_ids or []))).all())
+            counts: dict[str, int] = {}
+            for b in r.block_ids or []:
+                counts[st.get(b, "unknown")] = counts.get(st.get(b, "unknown"), 0) + 1
+            out.append({"run_id": r.run_id, "kind": r.kind, "selection": r.selection,
+                        "submitted_by": r.submitted_by, "submitted_at": _iso(r.submitted_at), "remap": r.remap,
+                        "block_ids": r.block_ids, "states": counts})
+        return out

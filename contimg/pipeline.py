@@ -28,13 +28,18 @@ class Submitted:
 
     block_id: str
     outcome: str
-    """queued | skipped (already queued, running or done) | inflight (cannot force a running block)"""
+    """queued | skipped (already queued, running or done) | inflight (a block in flight is never forced)"""
     previous_state: str | None = None
 
 
-def block_spec(block: Block, data_dir: Path, run_id: str | None = None) -> dict:
-    """The JSON description of a block that waits in the work queue."""
-    return {
+def block_spec(block: Block, data_dir: Path, run_id: str | None = None,
+               node_of: dict[int, str] | None = None) -> dict:
+    """The JSON description of a block that waits in the work queue.
+
+    ``node_of`` (subband -> node) carries a submission's remap to whichever
+    dispatcher builds the chord.
+    """
+    spec = {
         "block_id": block.block_id,
         "mid_jd": block.mid_jd,
         "files": {str(sb): str(f.path) for sb, f in sorted(block.files.items())},
@@ -42,6 +47,9 @@ def block_spec(block: Block, data_dir: Path, run_id: str | None = None) -> dict:
         "data_dir": str(data_dir),
         "run_id": run_id,
     }
+    if node_of:
+        spec["nodes"] = {str(sb): node for sb, node in node_of.items() if sb in block.files}
+    return spec
 
 
 def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = None):
@@ -54,7 +62,7 @@ def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = 
     nodes_used = set()
     for sb_text, path in sorted(spec["files"].items(), key=lambda kv: int(kv[0])):
         sb = int(sb_text)
-        node = cfg.node_for_subband(sb)
+        node = cfg.node(spec["nodes"][sb_text]) if sb_text in spec.get("nodes", {}) else cfg.node_for_subband(sb)
         nodes_used.add(node.name)
         ms = subband_ms(cfg.scratch_root(node.name), bid, sb)
         header.append(
@@ -81,7 +89,7 @@ ACTIVE_OR_DONE = (db.QUEUED, db.RUNNING, db.IMAGING, db.DONE)
 
 
 def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = False,
-           run_id: str | None = None) -> list[Submitted]:
+           run_id: str | None = None, node_of: dict[int, str] | None = None) -> list[Submitted]:
     """Put blocks in the work queue and record them as queued.
 
     A block already queued, running or done is left alone unless ``force``;
@@ -97,9 +105,10 @@ def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = Fa
         if prev_state in ACTIVE_OR_DONE and not force:
             out.append(Submitted(block.block_id, "skipped", prev_state))
             continue
-        outcome = queue.enqueue(block.block_id, block_spec(block, data_dir, run_id), force=force)
-        if outcome == "inflight":
-            out.append(Submitted(block.block_id, "inflight", prev_state))
+        outcome = queue.enqueue(block.block_id, block_spec(block, data_dir, run_id, node_of), force=force)
+        if outcome in ("inflight", "pending"):  # already waiting or running: never twice
+            out.append(Submitted(block.block_id, "skipped" if outcome == "pending" else "inflight",
+                                 prev_state or db.QUEUED))
             continue
         db.upsert_block(
             url, block.block_id, state=db.QUEUED, reason=None, data_dir=str(data_dir), mid_jd=block.mid_jd,
@@ -108,7 +117,7 @@ def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = Fa
         )
         for sb in block.missing:
             db.upsert_subband(url, block.block_id, sb, state=db.SB_FAILED, reason="missing from the block",
-                              path=None, node=cfg.node_for_subband(sb).name)
+                              path=None, node=(node_of or {}).get(sb) or cfg.node_for_subband(sb).name)
         out.append(Submitted(block.block_id, "queued", prev_state))
     return out
 
