@@ -184,3 +184,32 @@ def is_disk_error(e: BaseException) -> bool:
     # system message in the text.
     text = str(e).lower()
     return any(s in text for s in _DISK_TEXT)
+
+
+# -- caltables -------------------------------------------------------------------
+
+CALTABLE_KINDS = {"bandpass": "bcal", "gain": "gcal"}
+"""Caltable kind -> file suffix: per-channel bandpass and per-block complex gains."""
+_CALTABLE_RE = re.compile(r"^(?P<block>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})_sb(?P<sb>\d{2})\.(?P<suffix>bcal|gcal)$")
+
+
+def caltable(products_root: str | Path, block_id: str, subband: int, kind: str) -> Path:
+    """Caltable of one subband solved on calibrator block ``block_id``.
+
+    ``{products_root}/{date}/{block_id}/caltables/{block_id}_sb{NN}.{bcal|gcal}``.
+    """
+    if kind not in CALTABLE_KINDS:
+        raise ValueError(f"caltable kind {kind!r} is not one of {', '.join(CALTABLE_KINDS)}")
+    if not 0 <= subband <= 99:
+        raise ValueError(f"subband {subband} cannot be written as sbNN")
+    directory = block_products(products_root, block_id).directory / "caltables"
+    return directory / f"{block_id}_sb{subband:02d}.{CALTABLE_KINDS[kind]}"
+
+
+def parse_caltable(path: str | Path) -> tuple[str, int, str] | None:
+    """``(block_id, subband, kind)`` of a caltable path, or None when it is not one."""
+    m = _CALTABLE_RE.match(Path(path).name)
+    if not m:
+        return None
+    kind = {v: k for k, v in CALTABLE_KINDS.items()}[m["suffix"]]
+    return m["block"], int(m["sb"]), kind

@@ -49,7 +49,15 @@ MIN_APPARENT_FLUX_JY = 1e-5
 # Bound on the per-antenna phasor array W (elements) built at once.
 MAX_PHASOR_ELEMENTS = 8_000_000
 # Independent random streams, so that e.g. dropping a file never shifts the noise of another.
-_STREAMS = {"sky": 1, "jitter": 2, "gains": 3, "noise": 4}
+_STREAMS = {"sky": 1, "jitter": 2, "gains": 3, "noise": 4, "rfi": 5}
+# RFI model (Scenario.rfi): per file, a few persistent narrow-band channels on every
+# baseline and a few bursts (1-3 integrations, a run of channels) on the baselines of
+# a few antennas; amplitudes in units of the thermal sigma of one visibility.
+RFI_CHANNEL_FRACTION = 0.1
+RFI_CHANNEL_SIGMA = 30.0
+RFI_N_BURSTS = 3
+RFI_BURST_SIGMA = 60.0
+RFI_BURST_ANTENNAS = 3
 TRUTH_FORMAT_VERSION = 1
 
 
@@ -176,7 +184,7 @@ def _night_sources(sc: Scenario) -> tuple[Source, ...]:
 
 
 def _calibrator_source(sc: Scenario) -> Source:
-    cal = sc.calibrator
+    cal = sc.calibrator.resolved()
     dec = sc.dec_deg if cal.dec_deg is None else cal.dec_deg
     if cal.ra_deg is not None:
         ra = cal.ra_deg
@@ -341,9 +349,76 @@ def subband_visibilities(plan: NightPlan, sbfile: SubbandFile, directions: np.nd
         view += stokes_i
         # Autocorrelations are real by definition; the matrix product can leave rounding in imag.
         view[:, autos] = view[:, autos].real + tel.SEFD_JY
+    if sc.rfi:
+        rng = _rng(sc.seed, "rfi", sbfile.block, sbfile.subband, 1)  # the signals; stream 0 draws the plan
+        _add_rfi(data, rfi_plan(plan, sbfile.block, sbfile.subband), i1, i2, autos, preset, rng)
     if sc.gains:
         _apply_gains(data, plan.gains[sbfile.block, :, :, sbfile.subband], i1, i2, autos)
     return data
+
+
+def rfi_plan(plan: NightPlan, block: int, subband: int) -> dict:
+    """The seeded RFI of one subband file (JSON-ready; also written to truth.json).
+
+    Returns
+    -------
+    dict
+        ``channels``: indices (ascending-frequency order, as in the file) of the
+        persistent narrow-band channels, on every baseline and integration;
+        ``bursts``: list of ``{"times": [integration indices], "channels": [...],
+        "antennas": [station numbers]}``, each hitting every baseline with at
+        least one of those antennas; ``channel_sigma``, ``burst_sigma``:
+        amplitudes in units of the thermal sigma of one visibility.
+    """
+    preset = plan.preset
+    rng = _rng(plan.scenario.seed, "rfi", block, subband, 0)
+    n_ch = preset.n_channels
+    n_persist = max(1, int(round(RFI_CHANNEL_FRACTION * n_ch)))
+    channels = sorted(int(c) for c in rng.choice(n_ch, n_persist, replace=False))
+    numbers = [s.number for s in preset.stations]
+    bursts = []
+    for _ in range(RFI_N_BURSTS):
+        length = int(rng.integers(1, 4))
+        t0 = int(rng.integers(0, tel.N_INTEGRATIONS - length + 1))
+        width = int(rng.integers(1, max(2, n_ch // 4) + 1))
+        c0 = int(rng.integers(0, n_ch - width + 1))
+        ants = sorted(int(a) for a in rng.choice(numbers, min(RFI_BURST_ANTENNAS, len(numbers)), replace=False))
+        bursts.append({"times": list(range(t0, t0 + length)), "channels": list(range(c0, c0 + width)), "antennas": ants})
+    return {"channels": channels, "bursts": bursts, "channel_sigma": RFI_CHANNEL_SIGMA, "burst_sigma": RFI_BURST_SIGMA}
+
+
+def _add_rfi(
+    data: np.ndarray, rfi: dict, i1: np.ndarray, i2: np.ndarray, autos: np.ndarray, preset: Preset,
+    rng: np.random.Generator,
+) -> None:
+    """Add the RFI of :func:`rfi_plan` in place (parallel hands; autos get the power).
+
+    The persistent signal has a slowly wandering phase per baseline (a
+    terrestrial transmitter does not fringe-stop) and an amplitude that varies
+    by +-30 % between integrations; a burst is a random complex signal.
+    """
+    sigma = thermal_sigma_jy(preset.channel_width_hz)
+    n_t, n_bl = data.shape[:2]
+    cross = i1 != i2
+    for ch in rfi["channels"]:
+        amp = RFI_CHANNEL_SIGMA * sigma * rng.uniform(0.7, 1.3, (n_t, 1))
+        phase = np.cumsum(rng.normal(0.0, 0.3, (n_t, n_bl)), axis=0) + rng.uniform(-np.pi, np.pi, (1, n_bl))
+        sig = np.where(cross[None], amp * np.exp(1j * phase), 0.0)
+        sig[:, autos] = amp  # the auto sees the interferer's power
+        for pol in (0, 3):
+            data[:, :, ch, pol] += sig.astype(np.complex64)
+    numbers = np.array([s.number for s in preset.stations])
+    for burst in rfi["bursts"]:
+        hit = np.isin(numbers[i1], burst["antennas"]) | np.isin(numbers[i2], burst["antennas"])
+        t_idx, c_idx = np.array(burst["times"]), np.array(burst["channels"])
+        shape = (len(t_idx), int(hit.sum()), len(c_idx))
+        sig = RFI_BURST_SIGMA * sigma * np.exp(1j * rng.uniform(-np.pi, np.pi, shape)) * rng.uniform(0.7, 1.3, shape)
+        hit_autos = np.isin(np.flatnonzero(hit), autos)
+        sig[:, hit_autos] = np.abs(sig[:, hit_autos])
+        for pol in (0, 3):
+            block = data[:, :, :, pol]
+            sub = block[np.ix_(t_idx, np.flatnonzero(hit), c_idx)]
+            block[np.ix_(t_idx, np.flatnonzero(hit), c_idx)] = sub + sig.astype(np.complex64)
 
 
 def _add_noise(
@@ -539,6 +614,16 @@ def truth_document(plan: NightPlan) -> dict:
         "blocks": blocks,
         "sources": sources,
         "faults": [asdict(f) for f in sc.faults],
+        "rfi": {
+            "enabled": bool(sc.rfi),
+            "files": [
+                dict(block=f.block, subband=f.subband, **rfi_plan(plan, f.block, f.subband))
+                for block_files in plan.files
+                for f in block_files
+            ]
+            if sc.rfi
+            else [],
+        },
     }
 
 

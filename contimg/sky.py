@@ -20,6 +20,7 @@ several degrees of phase on an outrigger baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import tomllib
@@ -183,10 +184,15 @@ class Source:
 class Calibrator:
     """A bright point source placed to transit during one block.
 
+    When ``name`` is in the calibrator catalogue (``contimg.calibrators``,
+    e.g. ``SIMCAL54``), the omitted ``flux_jy``, ``spectral_index``,
+    ``ra_deg`` and ``dec_deg`` come from the catalogue (see :meth:`resolved`),
+    so the pipeline finds the simulated calibrator where the catalogue says.
+
     Attributes
     ----------
-    flux_jy : float
-        Flux density at 1.4 GHz, Jy.
+    flux_jy : float or None
+        Flux density at 1.4 GHz, Jy; required unless ``name`` is catalogued.
     block : int or None
         Block at whose nominal midpoint the source transits when ``ra_deg`` is
         omitted.
@@ -197,12 +203,33 @@ class Calibrator:
     spectral_index : float
     """
 
-    flux_jy: float
+    flux_jy: float | None = None
     block: int | None = None
     name: str = "CAL1"
     ra_deg: float | None = None
     dec_deg: float | None = None
-    spectral_index: float = DEFAULT_SPECTRAL_INDEX
+    spectral_index: float | None = None
+
+    def resolved(self) -> "Calibrator":
+        """This calibrator with omitted values taken from the catalogue entry of its name.
+
+        A name that is not catalogued keeps its values; the spectral index
+        then defaults to DEFAULT_SPECTRAL_INDEX.
+        """
+        from contimg import calibrators
+
+        entry = calibrators.lookup(self.name)
+        if entry is None:
+            alpha = DEFAULT_SPECTRAL_INDEX if self.spectral_index is None else self.spectral_index
+            return dataclasses.replace(self, spectral_index=alpha)
+        ra = self.ra_deg if self.ra_deg is not None else (entry.ra_deg if self.block is None else None)
+        return dataclasses.replace(
+            self,
+            flux_jy=entry.flux_jy if self.flux_jy is None else self.flux_jy,
+            spectral_index=entry.spectral_index if self.spectral_index is None else self.spectral_index,
+            ra_deg=ra,
+            dec_deg=entry.dec_deg if self.dec_deg is None else self.dec_deg,
+        )
 
 
 FAULT_KINDS = ("drop", "truncate")
@@ -264,6 +291,10 @@ class Scenario:
         Explicit sources.
     calibrator : Calibrator or None
     faults : tuple of Fault
+    rfi : bool
+        Add seeded radio-frequency interference (a few persistent narrow-band
+        channels and some short bursts on the baselines of a few antennas,
+        strong compared with the noise); recorded in truth.json.
     """
 
     date: str = "2025-10-05"
@@ -281,6 +312,7 @@ class Scenario:
     sources: tuple[Source, ...] = ()
     calibrator: Calibrator | None = None
     faults: tuple[Fault, ...] = ()
+    rfi: bool = False
 
     def __post_init__(self):
         _validate_scenario(self)
@@ -349,7 +381,7 @@ _FIELD_TYPES: dict[type, dict[str, type]] = {
     Scenario: {
         "date": str, "start": str, "n_blocks": int, "block_cadence_s": float, "dec_deg": float,
         "preset": str, "seed": int, "gains": bool, "noise": bool, "n_random_sources": int,
-        "start_jitter_s": float, "gain_drift": float,
+        "start_jitter_s": float, "gain_drift": float, "rfi": bool,
     },
     Source: {"name": str, "ra_deg": float, "dec_deg": float, "flux_jy": float, "spectral_index": float},
     Calibrator: {
@@ -457,6 +489,9 @@ def _validate_source(src: Any, key: str, n_blocks: int) -> None:
 
 def _validate_calibrator(cal: Any, n_blocks: int) -> None:
     _check_fields(cal, Calibrator, "calibrator")
+    cal = cal.resolved()
+    _check(cal.flux_jy is not None, "calibrator.flux_jy", "a flux density (required unless the name is catalogued)",
+           cal.flux_jy)
     placed = cal.ra_deg is not None or cal.block is not None
     _check(placed, "calibrator.block", "a block index (or give calibrator.ra_deg)", cal.block)
     if cal.block is not None:

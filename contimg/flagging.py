@@ -1,0 +1,306 @@
+"""Flag one subband Measurement Set: bad values, bad antennas and RFI.
+
+Steps, in order (docs/calibration.md explains the choices):
+
+1. **Zeros and NaNs**: every visibility that is exactly zero or not finite
+   (a dead input, a dropped correlator packet).
+2. **Known bad antennas**: ``flagging.bad_antennas`` (for every night, or
+   for one UTC date with ``YYYY-MM-DD:NAME``).
+3. **Antennas found bad from their autocorrelations**: an antenna whose
+   median XX or YY autocorrelation power is ``auto_outlier_factor`` above or
+   below the array median (a noisy or dead receiver), or whose
+   autocorrelations are all flagged after step 1 (dead: zeros).
+4. **RFI**: ``casatasks.flagdata`` with ``tfcrop`` and/or ``rflag``.
+
+Steps 1-3 are done in numpy on the FLAG column (one read, one write), which
+avoids CASA's antenna-selection syntax for names containing ``-``; step 4 is
+CASA's. Flag fractions are counted on the cross-correlations, per antenna and
+overall, before and after; the result is JSON-friendly.
+
+CASA is not thread-safe: call from one thread per process.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import casa_env
+from .config import FlaggingConfig
+from .errors import PermanentError, TransientError
+from .products import is_disk_error
+
+log = logging.getLogger(__name__)
+
+PARALLEL_HANDS = (0, 3)
+"""XX and YY in the correlation order pyuvdata writes (XX, XY, YX, YY)."""
+DEAD_FRACTION = 0.9
+"""An antenna with more than this fraction of zero or NaN data is reported as dead."""
+
+
+@dataclass
+class FlagResult:
+    """What :func:`flag_subband` did; ``as_dict()`` is JSON-friendly.
+
+    Fractions count flagged visibilities (rows x channels x correlations) of
+    the cross-correlations.
+    """
+
+    ms_path: str
+    strategy: str
+    fraction_before: float
+    fraction_after: float
+    per_antenna_before: dict[str, float]
+    per_antenna_after: dict[str, float]
+    per_channel_after: list[float]
+    """Fraction flagged per channel (ascending frequency)."""
+    fraction_after_step: dict[str, float]
+    """Overall fraction after each step: zeros, known_bad, autocorrelations, rfi."""
+    bad_antennas: dict[str, str]
+    """Antenna name -> why it was flagged entirely (known bad, zeros, autocorrelation outlier)."""
+    auto_power_ratio: dict[str, list[float]]
+    """Antenna name -> [XX, YY] median autocorrelation power over the array median."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def bad_antennas_for_date(entries: list[str], date: str | None) -> list[str]:
+    """Names from ``flagging.bad_antennas`` that apply on UTC ``date`` (``YYYY-MM-DD``).
+
+    ``"DSA-003"`` applies every night; ``"2025-10-05:DSA-003"`` only on that date.
+    """
+    out = []
+    for entry in entries:
+        if ":" in entry:
+            day, name = (x.strip() for x in entry.split(":", 1))
+            if date is not None and day == date:
+                out.append(name)
+        else:
+            out.append(entry.strip())
+    return out
+
+
+def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None = None) -> FlagResult:
+    """Flag a subband MS in place and report the flag fractions.
+
+    Parameters
+    ----------
+    ms : path
+        The subband Measurement Set (FLAG column updated in place; re-running
+        only adds flags, so the step is idempotent in effect).
+    settings : FlaggingConfig
+    date : str, optional
+        UTC date of the block (``YYYY-MM-DD``) for date-bound ``bad_antennas``
+        entries; by default the date of the MS's first integration.
+
+    Returns
+    -------
+    FlagResult
+
+    Raises
+    ------
+    PermanentError
+        The MS is missing or unreadable.
+    TransientError
+        Writing the flags failed for lack of space or permission.
+    """
+    ms = Path(ms)
+    if not (ms / "table.dat").is_file():
+        raise PermanentError(f"{ms} is not a Measurement Set; convert the subband again before flagging")
+    t0 = time.perf_counter()
+    ct = casa_env.casatools()
+    names = _antenna_names(ms)
+    tb = ct.table()
+    try:
+        tb.open(str(ms), nomodify=False)
+        a1, a2 = tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2")
+        flag = tb.getcol("FLAG")  # (n_corr, n_chan, n_row)
+        data = tb.getcol("DATA")
+        if date is None:
+            date = _utc_date(tb.getcol("TIME")[0])
+        cross = a1 != a2
+        before = _fractions(flag, a1, a2, cross, names)
+        steps: dict[str, float] = {}
+
+        # 1. zeros and NaNs
+        flag |= (data == 0) | ~np.isfinite(data)
+        steps["zeros"] = _overall(flag, cross)
+        zero_frac = _fractions(flag, a1, a2, cross, names)[1]
+        bad: dict[str, str] = {}
+        for name, frac in zero_frac.items():
+            if frac > DEAD_FRACTION and before[1][name] < DEAD_FRACTION:
+                bad[name] = f"dead: {100 * frac:.0f}% of its data are zero or NaN"
+
+        # 2. known bad antennas
+        known = bad_antennas_for_date(list(settings.bad_antennas), date)
+        unknown = [n for n in known if n not in names]
+        if unknown:
+            log.warning("%s: flagging.bad_antennas names %s, not in this MS; ignored", ms, ", ".join(unknown))
+        for name in known:
+            if name in names:
+                bad[name] = "known bad (flagging.bad_antennas)"
+        _flag_antennas(flag, a1, a2, [names.index(n) for n in bad])
+        steps["known_bad"] = _overall(flag, cross)
+
+        # 3. autocorrelation outliers
+        ratios = _auto_power_ratios(data, flag, a1, a2, len(names))
+        factor = settings.auto_outlier_factor
+        found = []
+        for i, name in enumerate(names):
+            r = ratios[i]
+            if name in bad or not np.any(a1 == i):
+                continue
+            if not np.all(np.isfinite(r)):
+                bad[name] = "dead: no unflagged autocorrelation"
+                found.append(i)
+            elif np.any(r > factor) or np.any(r < 1 / factor):
+                bad[name] = (
+                    f"autocorrelation power XX {r[0]:.2f}x, YY {r[1]:.2f}x the array median "
+                    f"(outside 1/{factor:g}..{factor:g})"
+                )
+                found.append(i)
+        _flag_antennas(flag, a1, a2, found)
+        steps["autocorrelations"] = _overall(flag, cross)
+        del data
+        tb.putcol("FLAG", flag)
+        tb.flush()
+    except RuntimeError as e:
+        if is_disk_error(e):
+            raise TransientError(f"writing flags to {ms} failed ({e}); free space or fix permissions, then retry") from e
+        raise PermanentError(f"{ms} could not be flagged ({str(e).splitlines()[0]}); convert the subband again") from e
+    finally:
+        tb.close()
+    t_numpy = time.perf_counter()
+
+    # 4. RFI
+    _flag_rfi(ms, settings)
+    t_rfi = time.perf_counter()
+    tb = ct.table()
+    try:
+        # RFI seen in one correlation spoils them all (and calibration solves
+        # per feed): extend the RFI flags across the correlations.
+        tb.open(str(ms), nomodify=settings.strategy == "none")
+        flag = tb.getcol("FLAG")
+        if settings.strategy != "none":
+            flag[:] = flag.any(axis=0, keepdims=True)
+            tb.putcol("FLAG", flag)
+    finally:
+        tb.close()
+    after = _fractions(flag, a1, a2, cross, names)
+    steps["rfi"] = after[0]
+    per_channel = flag[:, :, cross].mean(axis=(0, 2))
+    return FlagResult(
+        ms_path=str(ms),
+        strategy=settings.strategy,
+        fraction_before=before[0],
+        fraction_after=after[0],
+        per_antenna_before=before[1],
+        per_antenna_after=after[1],
+        per_channel_after=[round(float(x), 6) for x in per_channel],
+        fraction_after_step=steps,
+        bad_antennas=bad,
+        auto_power_ratio={n: [round(float(x), 4) for x in ratios[i]] for i, n in enumerate(names) if np.any(a1 == i)},
+        seconds={
+            "bad_data": round(t_numpy - t0, 3),
+            "rfi": round(t_rfi - t_numpy, 3),
+            "total": round(time.perf_counter() - t0, 3),
+        },
+    )
+
+
+def rfi_commands(settings: FlaggingConfig) -> list[dict]:
+    """Keyword arguments of each ``casatasks.flagdata`` call of the RFI step.
+
+    ``datacolumn='data'`` because flagging runs before calibration; the
+    thresholds come from the settings; no flag backups (the pipeline's MSs
+    are re-created from the raw files when needed).
+    """
+    common = {"datacolumn": "data", "action": "apply", "flagbackup": False}
+    tfcrop = dict(
+        common,
+        mode="tfcrop",
+        timecutoff=settings.tfcrop_timecutoff,
+        freqcutoff=settings.tfcrop_freqcutoff,
+        extendflags=False,
+    )
+    rflag = dict(
+        common,
+        mode="rflag",
+        timedevscale=settings.rflag_timedevscale,
+        freqdevscale=settings.rflag_freqdevscale,
+        extendflags=False,
+    )
+    return {"none": [], "tfcrop": [tfcrop], "rflag": [rflag], "tfcrop+rflag": [tfcrop, rflag]}[settings.strategy]
+
+
+def _flag_rfi(ms: Path, settings: FlaggingConfig) -> None:
+    cta = casa_env.casatasks()
+    for kwargs in rfi_commands(settings):
+        try:
+            cta.flagdata(vis=str(ms), **kwargs)
+        except RuntimeError as e:
+            if is_disk_error(e):
+                raise TransientError(f"flagdata on {ms} failed ({e}); free space or fix permissions, then retry") from e
+            raise
+
+
+def _antenna_names(ms: Path) -> list[str]:
+    tb = casa_env.casatools().table()
+    try:
+        tb.open(str(ms / "ANTENNA"))
+        return [str(n) for n in tb.getcol("NAME")]
+    finally:
+        tb.close()
+
+
+def _utc_date(mjd_seconds: float) -> str:
+    from astropy.time import Time
+
+    return Time(mjd_seconds / 86400.0, format="mjd", scale="utc").isot[:10]
+
+
+def _overall(flag: np.ndarray, cross: np.ndarray) -> float:
+    return float(flag[:, :, cross].mean()) if cross.any() else 0.0
+
+
+def _fractions(flag, a1, a2, cross, names) -> tuple[float, dict[str, float]]:
+    """Overall and per-antenna flagged fraction of the cross-correlations."""
+    per_row = flag.mean(axis=(0, 1))  # fraction per row
+    out = {}
+    for i, name in enumerate(names):
+        rows = cross & ((a1 == i) | (a2 == i))
+        if rows.any():
+            out[name] = round(float(per_row[rows].mean()), 6)
+    return (float(per_row[cross].mean()) if cross.any() else 0.0), out
+
+
+def _flag_antennas(flag: np.ndarray, a1: np.ndarray, a2: np.ndarray, indices: list[int]) -> None:
+    if indices:
+        flag[:, :, np.isin(a1, indices) | np.isin(a2, indices)] = True
+
+
+def _auto_power_ratios(data, flag, a1, a2, n_ant) -> np.ndarray:
+    """Median XX and YY autocorrelation power of each antenna over the array median.
+
+    Returns
+    -------
+    ndarray, shape (n_antennas, 2); NaN where an antenna has no unflagged autocorrelation.
+    """
+    level = np.full((n_ant, 2), np.nan)
+    autos = np.flatnonzero(a1 == a2)
+    for row_ant in np.unique(a1[autos]):
+        rows = autos[a1[autos] == row_ant]
+        for k, pol in enumerate(PARALLEL_HANDS):
+            vals = np.abs(data[pol][:, rows])[~flag[pol][:, rows]]
+            if vals.size:
+                level[row_ant, k] = np.median(vals)
+    ref = np.nanmedian(level, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return level / ref[None, :]

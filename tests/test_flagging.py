@@ -1,0 +1,101 @@
+"""Tests of contimg.flagging: bad values, bad antennas (known and found) and injected RFI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from contimg import casa_env, convert, flagging, simulate as sim
+from contimg.config import FlaggingConfig
+
+SUBBAND = 0
+DEAD, NOISY, KNOWN = 3, 19, 44  # station numbers in the small preset
+
+
+def test_bad_antennas_for_date():
+    entries = ["DSA-003", "2025-10-05:DSA-019", "2025-10-06:DSA-044"]
+    assert flagging.bad_antennas_for_date(entries, "2025-10-05") == ["DSA-003", "DSA-019"]
+    assert flagging.bad_antennas_for_date(entries, None) == ["DSA-003"]
+
+
+def test_rfi_commands_follow_the_strategy():
+    assert flagging.rfi_commands(FlaggingConfig(strategy="none")) == []
+    cmds = flagging.rfi_commands(FlaggingConfig(strategy="tfcrop+rflag", tfcrop_timecutoff=3.5))
+    assert [c["mode"] for c in cmds] == ["tfcrop", "rflag"]
+    assert cmds[0]["timecutoff"] == 3.5 and all(c["datacolumn"] == "data" and not c["flagbackup"] for c in cmds)
+
+
+def test_rfi_is_off_by_default_and_recorded(tmp_path):
+    assert sim.Scenario().rfi is False
+    plan = sim.plan_night(sim.Scenario(preset="small", n_blocks=1, rfi=True, n_random_sources=0))
+    a, b = sim.rfi_plan(plan, 0, SUBBAND), sim.rfi_plan(plan, 0, SUBBAND)
+    assert a == b and a["channels"] and len(a["bursts"]) == sim.RFI_N_BURSTS  # seeded
+    doc = sim.truth_document(plan)
+    assert doc["rfi"]["enabled"] and len(doc["rfi"]["files"]) == 16
+    assert sim.truth_document(sim.plan_night(sim.Scenario(preset="tiny", n_blocks=1)))["rfi"] == {
+        "enabled": False, "files": []
+    }
+
+
+@pytest.fixture(scope="module")
+def flagged(tmp_path_factory):
+    out = tmp_path_factory.mktemp("flag")
+    sc = sim.Scenario(preset="small", n_blocks=1, rfi=True, n_random_sources=20)
+    sim.simulate_night(sc, out / "data")
+    truth = json.loads((out / "data" / "truth.json").read_text())
+    ms = out / "sb.ms"
+    convert.convert_subband(out / "data" / truth["blocks"][0]["subbands"][SUBBAND]["file"], ms)
+    # A dead antenna (zeros) and a noisy one (5x the autocorrelation power and noisy crosses).
+    tb = casa_env.casatools().table()
+    tb.open(str(ms), nomodify=False)
+    data, a1, a2 = tb.getcol("DATA"), tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2")
+    data[:, :, (a1 == DEAD) | (a2 == DEAD)] = 0
+    rng = np.random.default_rng(1)
+    noisy = ((a1 == NOISY) | (a2 == NOISY)) & (a1 != a2)
+    data[:, :, noisy] += 5 * (rng.standard_normal(data[:, :, noisy].shape) + 1j * rng.standard_normal(data[:, :, noisy].shape))
+    data[:, :, (a1 == NOISY) & (a2 == NOISY)] *= 5
+    tb.putcol("DATA", data)
+    tb.close()
+    settings = FlaggingConfig(bad_antennas=[f"DSA-{KNOWN:03d}"])
+    result = flagging.flag_subband(ms, settings)
+    print("flag timings", result.seconds)
+    rfi = next(f for f in truth["rfi"]["files"] if f["block"] == 0 and f["subband"] == SUBBAND)
+    return dict(ms=ms, result=result, rfi=rfi)
+
+
+@pytest.mark.slow
+def test_bad_antennas_are_found(flagged):
+    r = flagged["result"]
+    assert set(r.bad_antennas) == {f"DSA-{DEAD:03d}", f"DSA-{NOISY:03d}", f"DSA-{KNOWN:03d}"}
+    assert "zero" in r.bad_antennas[f"DSA-{DEAD:03d}"]
+    assert "autocorrelation" in r.bad_antennas[f"DSA-{NOISY:03d}"]
+    assert "known bad" in r.bad_antennas[f"DSA-{KNOWN:03d}"]
+    for n in (DEAD, NOISY, KNOWN):
+        assert r.per_antenna_after[f"DSA-{n:03d}"] == 1.0
+    assert r.fraction_before == 0.0 and r.fraction_after > r.fraction_after_step["autocorrelations"]
+    json.dumps(r.as_dict())  # JSON-friendly
+
+
+@pytest.mark.slow
+def test_rfi_is_flagged_and_clean_data_mostly_kept(flagged):
+    tb = casa_env.casatools().table()
+    tb.open(str(flagged["ms"]))
+    flag, a1, a2, t = tb.getcol("FLAG"), tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2"), tb.getcol("TIME")
+    tb.close()
+    good = ~np.isin(a1, [DEAD, NOISY, KNOWN]) & ~np.isin(a2, [DEAD, NOISY, KNOWN]) & (a1 != a2)
+    tidx = np.unique(t, return_inverse=True)[1]
+    rfi = flagged["rfi"]
+    truth = np.zeros(flag.shape[1:], dtype=bool)  # (channel, row)
+    truth[rfi["channels"]] = True
+    for burst in rfi["bursts"]:
+        rows = np.isin(tidx, burst["times"]) & (np.isin(a1, burst["antennas"]) | np.isin(a2, burst["antennas"]))
+        truth[np.ix_(burst["channels"], np.flatnonzero(rows))] = True
+    f = flag[0][:, good]
+    tr = truth[:, good]
+    recall = f[tr].mean()
+    false_positive = f[~tr].mean()
+    print(f"RFI recall {recall:.3f}, clean data flagged {false_positive:.4f}")
+    assert recall > 0.95
+    assert false_positive < 0.05
