@@ -14,11 +14,16 @@ Choices (see ``docs/imaging.md``):
   falls to ``pb_limit`` at the reference frequency (the band centre, where
   tclean evaluates the mfs primary beam and applies ``pblimit``), plus 5 %,
   capped at ``max_imsize`` and rounded to an even 5-smooth size.
-- **Primary beam**: CASA knows no DSA-110 dish, so an Airy voltage pattern of a
-  4.65 m unblocked aperture is registered with the vpmanager for telescope
-  "DSA-110", saved as a VP table and passed to tclean as ``vptable``; tclean
-  then makes the ``.pb`` and ``.image.pbcor`` images itself (checked against
-  :func:`telescope.airy_power_beam` to 0.1 %).
+- **Channel averaging** (``max_bandwidth_smearing``): channels are averaged
+  (``casatasks.split`` width) before imaging only by the largest factor that
+  keeps the bandwidth-smearing peak loss of the longest baseline at the image
+  edge at or below the limit (:func:`channel_average_width`).
+- **Primary beam**: the ``pb`` product is the Airy power beam averaged over the
+  block's drift (:mod:`contimg.primary_beam`), and ``image.pbcor`` = image / pb,
+  masked where pb < ``pb_limit``. tclean still gets an Airy VP table for the
+  DSA-110 (it needs a beam for the telescope and masks its outputs where that
+  static beam is below ``pb_limit``), but its own ``.pb``/``.image.pbcor``,
+  centred on the phase centre, are not kept.
 - **Products kept**: FITS only (image, image.pbcor, pb, residual). tclean
   writes into a private working directory inside ``products.directory``
   (``.{block_id}.partial/``), removed before each run (tclean would otherwise
@@ -43,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import casa_env, telescope
+from . import casa_env, primary_beam, telescope
 from .config import ImagingConfig
 from .errors import PermanentError, TransientError
 from .products import BlockProducts, is_disk_error, remove_path, replace_directory, temporary_name
@@ -51,7 +56,9 @@ from .products import BlockProducts, is_disk_error, remove_path, replace_directo
 log = logging.getLogger(__name__)
 
 FITS_KINDS = ("image", "image.pbcor", "pb", "residual")
-"""CASA images exported to FITS, by the name they get in ``BlockProducts.fits``."""
+"""FITS products of a block image, by the name they get in ``BlockProducts.fits``."""
+CASA_EXPORTED_KINDS = ("image", "residual")
+"""Exported from tclean's images; pb and image.pbcor are computed (:func:`write_primary_beam_products`)."""
 
 CELL_FRACTION = 5.0
 """Pixels across lambda_min / B_max."""
@@ -91,6 +98,13 @@ class ImageResult:
     stop_reason: str
     seconds: dict[str, float]
     """Wall time per step (vp, tclean, export, measure) and the total."""
+
+    primary_beam: str = "drift"
+    """How the pb product was made: drift (averaged over the block) or tracking."""
+    channel_average: int = 1
+    """Channels averaged into one before imaging (1: none)."""
+    bandwidth_hz: float = 0.0
+    """Total bandwidth imaged, Hz."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -272,6 +286,14 @@ class MsSummary:
     f_min_hz: float
     f_max_hz: float
     has_corrected: bool
+    chan_width_hz: float = 0.0
+    """Channel width (the largest, if they differ)."""
+    n_chan: int = 0
+    """Channels per spectral window (the smallest, if they differ)."""
+
+    @property
+    def bandwidth_hz(self) -> float:
+        return self.f_max_hz - self.f_min_hz + self.chan_width_hz
 
     @property
     def reffreq_hz(self) -> float:
@@ -296,11 +318,14 @@ def summarize_ms(ms: Path) -> MsSummary:
     b_max = float(np.max(np.hypot(uvw[0, use], uvw[1, use])))
     tb.open(str(ms / "SPECTRAL_WINDOW"))
     try:
-        freqs = np.concatenate([np.ravel(tb.getcell("CHAN_FREQ", i)) for i in range(tb.nrows())])
+        per_spw = [np.ravel(tb.getcell("CHAN_FREQ", i)) for i in range(tb.nrows())]
+        widths = np.concatenate([np.abs(np.ravel(tb.getcell("CHAN_WIDTH", i))) for i in range(tb.nrows())])
     finally:
         tb.close()
+    freqs = np.concatenate(per_spw)
     return MsSummary(
-        b_max_m=b_max, f_min_hz=float(freqs.min()), f_max_hz=float(freqs.max()), has_corrected=has_corrected
+        b_max_m=b_max, f_min_hz=float(freqs.min()), f_max_hz=float(freqs.max()), has_corrected=has_corrected,
+        chan_width_hz=float(widths.max()), n_chan=int(min(len(f) for f in per_spw)),
     )
 
 
@@ -309,6 +334,47 @@ def image_geometry(summary: MsSummary, settings: ImagingConfig) -> tuple[float, 
     cell = settings.cell_arcsec or cell_from_baseline(summary.b_max_m, summary.f_max_hz)
     imsize = settings.imsize or auto_imsize(cell, settings.pb_limit, summary.reffreq_hz, settings.max_imsize)
     return cell, imsize
+
+
+def bandwidth_smearing_loss(b_max_m: float, radius_rad: float, chan_width_hz: float) -> float:
+    """Peak loss of the longest baseline for a source ``radius_rad`` from the phase centre.
+
+    A rectangular channel of width dnu turns the fringe of baseline b into
+    sinc(b theta dnu / c) (sinc(x) = sin(pi x) / (pi x)), independent of the
+    frequency; the baseline average is smaller, so this is the worst case.
+    """
+    return float(1.0 - np.sinc(b_max_m * radius_rad * chan_width_hz / telescope.C_M_S))
+
+
+def channel_average_width(summary: MsSummary, radius_rad: float, max_loss: float) -> int:
+    """Largest divisor w of the channels per window with smearing loss(w x width) <= ``max_loss``.
+
+    1 (no averaging) when even one channel exceeds the limit, or the limit is 0.
+    """
+    best = 1
+    if max_loss <= 0 or summary.n_chan < 2 or summary.chan_width_hz <= 0:
+        return best
+    for w in range(2, summary.n_chan + 1):
+        if summary.n_chan % w:
+            continue
+        if bandwidth_smearing_loss(summary.b_max_m, radius_rad, w * summary.chan_width_hz) <= max_loss:
+            best = w
+    return best
+
+
+def image_edge_radius_rad(cell_arcsec: float, imsize: int) -> float:
+    """Half the image side: the farthest a cleaned source sits from the centre along an axis."""
+    return math.radians(cell_arcsec * imsize / 2 / 3600)
+
+
+def average_channels(ms: Path, out: Path, width: int, datacolumn: str) -> Path:
+    """Average ``width`` channels into one with ``casatasks.split`` (``datacolumn`` becomes DATA)."""
+    remove_path(out)
+    casa_env.casatasks().split(vis=str(ms), outputvis=str(out), width=width, datacolumn=datacolumn,
+                               keepflags=True)
+    if not out.is_dir():
+        raise RuntimeError(f"split made no channel-averaged MS {out}; see the CASA log {_casa_log()}")
+    return out
 
 
 # ---------------------------------------------------------------------------
@@ -447,20 +513,35 @@ def image_block(
     try:
         remove_path(workdir)  # tclean would otherwise continue from stale images
         workdir.mkdir()
+        datacolumn = "corrected" if summary.has_corrected else "data"
+        width = channel_average_width(summary, image_edge_radius_rad(cell, imsize), settings.max_bandwidth_smearing)
+        vis = ms
+        if width > 1:
+            t = time.perf_counter()
+            vis = average_channels(ms, workdir / f"{block_id}.avg{width}.ms", width, datacolumn)
+            datacolumn = "data"
+            seconds["average"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         vptable = write_vptable(workdir / "dsa110_airy.vp", summary.reffreq_hz)
+        beam_inputs = primary_beam.read_beam_inputs(ms)
         seconds["vp"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
         params = tclean_parameters(
-            ms, workdir / products.block_id, settings, cell_arcsec=cell, imsize=imsize, vptable=vptable,
-            datacolumn="corrected" if summary.has_corrected else "data",
+            vis, workdir / products.block_id, settings, cell_arcsec=cell, imsize=imsize, vptable=vptable,
+            datacolumn=datacolumn,
         )
         log.info("block %s: tclean cell %.3g arcsec, imsize %d", block_id, cell, imsize)
         clean_summary = casa_env.casatasks().tclean(**params) or {}
         seconds["tclean"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        fits_paths = export_products(workdir, products, settings.deconvolver, extra_header or {})
+        header = {"BANDWID": (summary.bandwidth_hz, "[Hz] total bandwidth imaged"),
+                  "PBMODEL": (settings.primary_beam, "primary beam: drift-averaged Airy or tracking")}
+        header.update(extra_header or {})
+        fits_paths = export_products(workdir, products, settings.deconvolver, header)
         seconds["export"] = round(time.perf_counter() - t, 3)
+        t = time.perf_counter()
+        write_primary_beam_products(fits_paths, products, beam_inputs, settings)
+        seconds["pb"] = round(time.perf_counter() - t, 3)
     except (OSError, RuntimeError) as e:
         if is_disk_error(e):
             raise TransientError(
@@ -483,6 +564,9 @@ def image_block(
         iterations=int(clean_summary.get("iterdone", -1)),
         stop_reason=str(clean_summary.get("stopDescription", "")),
         seconds=seconds,
+        primary_beam=settings.primary_beam,
+        channel_average=width,
+        bandwidth_hz=summary.bandwidth_hz,
         **stats,
     )
 
@@ -510,12 +594,12 @@ def _casa_log() -> str:
 def export_products(
     workdir: Path, products: BlockProducts, deconvolver: str, extra_header: dict
 ) -> dict[str, Path]:
-    """Export the kept CASA images to FITS atomically and complete their headers."""
+    """Export tclean's image and residual to FITS atomically and complete their headers."""
     cta = casa_env.casatasks()
     block_id = products.block_id
     beam = _restoring_beam(casa_image(workdir, products, "image", deconvolver), block_id)
     out: dict[str, Path] = {}
-    for kind in FITS_KINDS:
+    for kind in CASA_EXPORTED_KINDS:
         src = casa_image(workdir, products, kind, deconvolver)
         if not src.is_dir():
             raise RuntimeError(f"block {block_id}: tclean made no {src.name}; see the CASA log {_casa_log()}")
@@ -533,6 +617,43 @@ def export_products(
             raise
         out[kind] = final
     return out
+
+
+def write_primary_beam_products(
+    fits_paths: dict[str, Path], products: BlockProducts, inputs: primary_beam.BeamInputs,
+    settings: ImagingConfig,
+) -> None:
+    """Write the ``pb`` and ``image.pbcor`` FITS from the block's beam, atomically.
+
+    pb: :func:`primary_beam.beam_on_image` on the image's pixels (drift-averaged
+    unless ``settings.primary_beam == "tracking"``). image.pbcor: image / pb,
+    NaN where pb < ``settings.pb_limit`` or the image is masked. Headers are
+    the image's (beam, DATE-OBS, frequency, BLOCKID, ...), BUNIT empty for pb.
+    """
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    with fits.open(fits_paths["image"]) as hdul:
+        header = hdul[0].header.copy()
+        data = np.asarray(hdul[0].data, dtype=np.float32)
+    plane = _sky_plane(data)
+    pb = primary_beam.beam_on_image(
+        WCS(header).celestial, plane.shape, inputs, drift=settings.primary_beam == "drift"
+    )
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pbcor = np.where(pb >= settings.pb_limit, plane / pb, np.nan).astype(np.float32)
+    pb_header = header.copy()
+    pb_header["BUNIT"] = ("", "primary-beam power response (dimensionless)")
+    for kind, values, h in (("pb", pb, pb_header), ("image.pbcor", pbcor, header)):
+        final = products.fits(kind)
+        tmp = temporary_name(final)
+        try:
+            fits.PrimaryHDU(values.reshape(data.shape), header=h).writeto(tmp, overwrite=True)
+            os.replace(tmp, final)
+        except BaseException:
+            remove_path(tmp)
+            raise
+        fits_paths[kind] = final
 
 
 def _restoring_beam(image: Path, block_id: str) -> tuple[float, float, float]:
