@@ -63,6 +63,19 @@ class Block:
     def mid_jd(self) -> float:
         return self.mid_time.timestamp() / 86400.0 + 2440587.5
 
+    def pointing_dec_deg(self) -> float | None:
+        """The pointing declination from the first readable file's header (h5py only, no CASA)."""
+        import h5py
+        import numpy as np
+
+        for f in self.files.values():
+            try:
+                with h5py.File(f.path, "r") as h:
+                    return float(np.degrees(h["Header/extra_keywords/phase_center_dec"][()]))
+            except (OSError, KeyError, ValueError):
+                continue
+        return None
+
     def as_dict(self) -> dict:
         return {
             "block_id": self.block_id,

@@ -227,3 +227,18 @@ def calibrators_in_block(
         if apparent[i] >= min_apparent_jy and theta[i] < tel.primary_beam_fwhm_rad(freq_hz):
             out.append(CalibratorInBlock(cal, float(apparent[i]), math.degrees(float(theta.min())), float(times[i])))
     return sorted(out, key=lambda c: -c.apparent_jy)
+
+
+def calibrator_for_block(mid_jd: float, dec_rad: float, min_apparent_jy: float,
+                         max_offset_deg: float) -> CalibratorInBlock | None:
+    """The calibrator that makes a block a calibrator block, or None.
+
+    It must be bright enough through the beam (``min_apparent_jy``) and pass
+    within ``max_offset_deg`` of the pointing during the block: solving on a
+    calibrator out in the beam's edge would lean on the beam model where it is
+    least certain. The brightest such calibrator wins.
+    """
+    for c in calibrators_in_block(mid_jd, dec_rad, min_apparent_jy):
+        if c.min_offset_deg <= max_offset_deg:
+            return c
+    return None

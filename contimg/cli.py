@@ -352,6 +352,35 @@ def cmd_dispatch(args) -> int:
         time.sleep(cfg.dispatch.poll_s)
 
 
+# -- ese -----------------------------------------------------------------------
+
+
+def cmd_ese_detect(args) -> int:
+    """Extreme-scattering-event candidates in any light-curve table (CSV or ECSV)."""
+    from . import ese
+
+    cands = ese.detect_table(args.table, fpr=args.fpr)
+    plots = {}
+    if args.plots:
+        curves = {lc.source: lc for lc in ese.read_lightcurves(args.table)}
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        for c in cands:
+            safe = "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in str(c.source))
+            plots[c.source] = str(ese.plot_candidate(curves[c.source], c, out / f"ese_{safe}.png"))
+    if args.json:
+        _print_json([dict(c.as_dict(), plot=plots.get(c.source)) for c in cands])
+        return EXIT_OK
+    print(f"{len(cands)} candidate(s) in {args.table} at false-alarm probability <= {args.fpr:g} per source")
+    for c in cands:
+        d = c.as_dict()
+        print(f"  {d['source']}: score {d['score']:.2f}, FAP {d['fap']:.2e}, depth {100 * d['depth']:.0f} %, "
+              f"{d['n_epochs']} epochs ({d['start_time']:.6g} .. {d['end_time']:.6g}); {d['reason']}")
+        if c.source in plots:
+            print(f"      plot: {plots[c.source]}")
+    return EXIT_OK
+
+
 # -- status --------------------------------------------------------------------
 
 
@@ -525,6 +554,16 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--once", action="store_true", help="one pass, then exit")
     dp.add_argument("--json", action="store_true", help="with --once: print the queue counts as JSON")
     dp.set_defaults(func=cmd_dispatch)
+
+    es = sub.add_parser("ese", help="extreme-scattering-event search")
+    ess = es.add_subparsers(dest="ese_command", metavar="SUBCOMMAND")
+    ed = ess.add_parser("detect", help="find dips in a light-curve table (columns source, time, flux, flux_err)")
+    ed.add_argument("table", help="CSV or ECSV light-curve table")
+    ed.add_argument("--fpr", type=float, default=1e-4, help="false-alarm probability per source (default 1e-4)")
+    ed.add_argument("--plots", help="directory for one PNG light-curve plot per candidate")
+    ed.add_argument("--json", action="store_true", help="machine-readable output")
+    ed.set_defaults(func=cmd_ese_detect)
+    es.set_defaults(func=lambda a: (es.print_help(), EXIT_USAGE)[1])
 
     w = sub.add_parser("worker", help="start a Celery worker for one node's queue")
     w.add_argument("--node", required=True, help="node name from the node map")

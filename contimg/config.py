@@ -178,6 +178,8 @@ class CalibrationConfig:
 
     min_apparent_jy: float = 5.0
     """A block whose beam sees a catalogued calibrator at least this bright (beam-attenuated) is a calibrator block."""
+    max_offset_deg: float = 0.3
+    """...and that passes within this angle of the pointing during the block: the sky drifts ~0.37 deg (dec 54.6) to ~0.6 deg (dec 16.3) in half a block, so one block per transit, two when it falls on a boundary."""
     validity_window_s: float = 6 * 3600.0
     """Caltables apply to target blocks at most this far in time, either direction."""
     refant: str = ""
@@ -547,6 +549,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(
             f"calibration.without_calibration: {ca.without_calibration!r} is not one of {', '.join(WITHOUT_CALIBRATION)}"
         )
+    if not 0 < ca.max_offset_deg <= 10:
+        raise ConfigError("calibration.max_offset_deg: must be in (0, 10] degrees")
     if ca.validity_window_s <= 0 or ca.min_apparent_jy <= 0 or ca.minsnr < 0:
         raise ConfigError("calibration: validity_window_s and min_apparent_jy must be > 0, minsnr >= 0")
     if im.primary_beam not in ("drift", "tracking"):

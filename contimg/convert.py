@@ -89,6 +89,8 @@ class ConvertResult:
     uvw_check_rms_m: float
     seconds: dict[str, float]
     """Wall time of each step (read, phase, write) and the total."""
+    pointing_dec_deg: float | None = None
+    """The file's pointing declination (``phase_center_dec`` header), DSA-110 files only."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -142,6 +144,9 @@ def convert_subband(
 
     ra, dec = _single_phase_center(uvd)
     freqs = np.asarray(uvd.freq_array).ravel()
+    keywords = uvd.extra_keywords or {}
+    pointing = (math.degrees(_pointing_declination(keywords[PHASE_CENTER_DEC_KEY], src))
+                if PHASE_CENTER_DEC_KEY in keywords else None)
     return ConvertResult(
         ms_path=str(dst),
         source_path=str(src),
@@ -164,6 +169,7 @@ def convert_subband(
             "write": round(t_write - t_phase, 3),
             "total": round(t_write - t0, 3),
         },
+        pointing_dec_deg=pointing,
     )
 
 

@@ -84,6 +84,23 @@ class RunRow(Base):
     block_ids: Mapped[list] = mapped_column(JSON, default=list)
 
 
+class CaltableRow(Base):
+    """Bandpass and gain caltables of one subband, solved on one calibrator block."""
+
+    __tablename__ = "caltables"
+
+    block_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    subband: Mapped[int] = mapped_column(Integer, primary_key=True)
+    bandpass: Mapped[str] = mapped_column(Text)
+    gain: Mapped[str] = mapped_column(Text)
+    calibrator: Mapped[str] = mapped_column(String(64))
+    time_jd: Mapped[float] = mapped_column(Float, index=True)
+    valid_from_jd: Mapped[float] = mapped_column(Float)
+    valid_to_jd: Mapped[float] = mapped_column(Float)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
 class SubbandRow(Base):
     __tablename__ = "subbands"
 
@@ -308,3 +325,24 @@ def runs(url: str, run_id: str | None = None) -> list[dict[str, Any]]:
                         "submitted_by": r.submitted_by, "submitted_at": _iso(r.submitted_at), "remap": r.remap,
                         "block_ids": r.block_ids, "states": counts})
         return out
+
+
+def record_caltables(url: str, *, block_id: str, subband: int, bandpass: str, gain: str, calibrator: str,
+                     time_jd: float, valid_from_jd: float, valid_to_jd: float, details: dict) -> None:
+    """Register (or re-register) the caltables of one subband of a calibrator block."""
+    with session(url) as s:
+        row = s.get(CaltableRow, (block_id, subband))
+        if row is None:
+            row = CaltableRow(block_id=block_id, subband=subband)
+            s.add(row)
+        row.bandpass, row.gain, row.calibrator, row.time_jd = bandpass, gain, calibrator, time_jd
+        row.valid_from_jd, row.valid_to_jd, row.details = valid_from_jd, valid_to_jd, details
+
+
+def caltables_near(url: str, subband: int, mid_jd: float) -> list[dict[str, Any]]:
+    """Caltables of a subband whose validity window contains ``mid_jd``."""
+    with session(url) as s:
+        q = select(CaltableRow).where(CaltableRow.subband == subband, CaltableRow.valid_from_jd <= mid_jd,
+                                      CaltableRow.valid_to_jd >= mid_jd).order_by(CaltableRow.time_jd)
+        return [{"block_id": r.block_id, "subband": r.subband, "bandpass": r.bandpass, "gain": r.gain,
+                 "calibrator": r.calibrator, "time_jd": r.time_jd} for r in s.scalars(q)]

@@ -147,9 +147,14 @@ class WorkQueue:
     def from_url(cls, url: str) -> WorkQueue:
         return cls(redis.Redis.from_url(url))
 
-    def enqueue(self, block_id: str, spec: dict, force: bool = False) -> str:
-        """Queue a block; returns ``queued``, ``pending`` (already waiting) or ``inflight``."""
-        out = self._enqueue(keys=KEYS[:3], args=[block_id, json.dumps(spec), time.time(), "1" if force else "0"])
+    def enqueue(self, block_id: str, spec: dict, force: bool = False, first: bool = False) -> str:
+        """Queue a block; returns ``queued``, ``pending`` (already waiting) or ``inflight``.
+
+        ``first`` puts it ahead of every ordinary block (calibrator blocks, whose
+        caltables the target blocks need).
+        """
+        order = time.time() - (1e10 if first else 0.0)
+        out = self._enqueue(keys=KEYS[:3], args=[block_id, json.dumps(spec), order, "1" if force else "0"])
         return out.decode() if isinstance(out, bytes) else out
 
     def claim(self, node: str, max_inflight: int, lease_s: float) -> Claim | None:

@@ -55,7 +55,7 @@ def block_spec(block: Block, data_dir: Path, run_id: str | None = None,
 def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = None):
     """The chord of one block: convert each subband on its node, then image."""
     from .tasks.block import image_block
-    from .tasks.subband import convert_subband
+    from .tasks.subband import process_subband
 
     bid = spec["block_id"]
     header = []
@@ -66,7 +66,7 @@ def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = 
         nodes_used.add(node.name)
         ms = subband_ms(cfg.scratch_root(node.name), bid, sb)
         header.append(
-            convert_subband.s(bid, sb, path, str(ms), spec["mid_jd"], node.name, token=token).set(queue=node.queue)
+            process_subband.s(bid, sb, path, str(ms), spec["mid_jd"], node.name, token=token).set(queue=node.queue)
         )
     callback = image_block.s(
         block_id=bid, node=imaging_node, missing=spec["missing"], nodes_used=sorted(nodes_used), token=token
@@ -99,13 +99,15 @@ def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = Fa
     url = cfg.database_url
     queue = WorkQueue.from_url(cfg.broker.url)
     out = []
-    for block in blocks:
+    cal_of = {b.block_id: calibrator_of(cfg, b) for b in blocks}
+    for block in sorted(blocks, key=lambda b: (cal_of[b.block_id] is None, b.block_id)):
         prev = db.block(url, block.block_id)
         prev_state = prev["state"] if prev else None
         if prev_state in ACTIVE_OR_DONE and not force:
             out.append(Submitted(block.block_id, "skipped", prev_state))
             continue
-        outcome = queue.enqueue(block.block_id, block_spec(block, data_dir, run_id, node_of), force=force)
+        spec = dict(block_spec(block, data_dir, run_id, node_of), calibrator=cal_of[block.block_id])
+        outcome = queue.enqueue(block.block_id, spec, force=force, first=cal_of[block.block_id] is not None)
         if outcome in ("inflight", "pending"):  # already waiting or running: never twice
             out.append(Submitted(block.block_id, "skipped" if outcome == "pending" else "inflight",
                                  prev_state or db.QUEUED))
@@ -120,6 +122,20 @@ def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = Fa
                               path=None, node=(node_of or {}).get(sb) or cfg.node_for_subband(sb).name)
         out.append(Submitted(block.block_id, "queued", prev_state))
     return out
+
+
+def calibrator_of(cfg: Config, block: Block) -> str | None:
+    """Name of the catalogued calibrator this block's beam sees brightly enough, if any."""
+    import math
+
+    from .calibrators import calibrator_for_block
+
+    dec = block.pointing_dec_deg()
+    if dec is None:
+        return None
+    c = calibrator_for_block(block.mid_jd, math.radians(dec), cfg.calibration.min_apparent_jy,
+                             cfg.calibration.max_offset_deg)
+    return c.calibrator.name if c else None
 
 
 class Dispatcher:
@@ -217,7 +233,7 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
         time.sleep(poll_s)
 
 
-STAGES = ("convert_s", "concat_s", "image_s")
+STAGES = ("convert_s", "flag_s", "calibrate_s", "concat_s", "image_s")
 
 
 def summarize(records: list[dict], wall_s: float) -> dict:

@@ -173,14 +173,35 @@ def _night_sources(sc: Scenario) -> tuple[Source, ...]:
     if sc.calibrator is not None:
         out.append(_calibrator_source(sc))
     out.extend(sc.sources)
+    end = _add_seconds(sc.block_start(sc.n_blocks - 1), tel.BLOCK_DURATION_S)
+    lon = tel.site_location().lon
+    lst = [t.sidereal_time("apparent", longitude=lon).deg for t in (sc.block_start(0), end)]
+    ra_range, dec_range = sky.strip_box(sc.dec_deg, lst[0], lst[1])
+    if sc.catalogue_calibrators:
+        out.extend(_catalogue_calibrators_in_strip(ra_range, dec_range, {s.name for s in out}))
     if sc.n_random_sources:
-        end = _add_seconds(sc.block_start(sc.n_blocks - 1), tel.BLOCK_DURATION_S)
-        lon = tel.site_location().lon
-        lst = [t.sidereal_time("apparent", longitude=lon).deg for t in (sc.block_start(0), end)]
-        ra_range, dec_range = sky.strip_box(sc.dec_deg, lst[0], lst[1])
         rng = _rng(sc.seed, "sky")
         out.extend(sky.random_sky(sc.n_random_sources, rng, ra_range_deg=ra_range, dec_range_deg=dec_range))
     return tuple(out)
+
+
+def _catalogue_calibrators_in_strip(ra_range, dec_range, present: set[str]) -> list[Source]:
+    """Every catalogued calibrator inside the strip the night sweeps.
+
+    The pipeline takes any block whose beam holds a catalogued calibrator for a
+    calibrator block and solves against the catalogue's model, so the
+    simulated sky must hold those sources, as the real sky does.
+    """
+    from contimg import calibrators
+
+    ra0, ra1 = ra_range  # ra1 may exceed 360
+    out = []
+    for c in calibrators.catalogue():
+        in_ra = (ra1 - ra0) >= 360.0 or (c.ra_deg - ra0) % 360.0 <= (ra1 - ra0)
+        if c.name not in present and in_ra and dec_range[0] <= c.dec_deg <= dec_range[1]:
+            flux_14 = c.flux_jy * (sky.REFERENCE_FREQ_HZ / c.reference_hz) ** c.spectral_index
+            out.append(Source(c.name, c.ra_deg, c.dec_deg, flux_14, c.spectral_index))
+    return out
 
 
 def _calibrator_source(sc: Scenario) -> Source:
@@ -580,8 +601,11 @@ def truth_document(plan: NightPlan) -> dict:
     """What ``truth.json`` holds: the scenario, the sky and every planned file."""
     sc, preset = plan.scenario, plan.preset
     az, alt = sky.meridian_altaz_deg(sc.dec_deg)
+    from contimg import calibrators
+
+    catalogued = {c.name for c in calibrators.catalogue()}
     kinds = ["calibrator"] * (sc.calibrator is not None) + ["explicit"] * len(sc.sources)
-    kinds += ["random"] * (len(plan.sources) - len(kinds))
+    kinds += ["catalogue" if s.name in catalogued else "random" for s in plan.sources[len(kinds):]]
     sources = [dict(src.to_dict(sc.n_blocks), kind=kind) for src, kind in zip(plan.sources, kinds)]
     blocks = []
     for block_files in plan.files:

@@ -295,6 +295,10 @@ class Scenario:
         Add seeded radio-frequency interference (a few persistent narrow-band
         channels and some short bursts on the baselines of a few antennas,
         strong compared with the noise); recorded in truth.json.
+    catalogue_calibrators : bool
+        Put every catalogued calibrator inside the swept strip on the sky, as
+        the real sky has them (the pipeline solves on any block that sees one).
+        Off only for tests that need a sky of exactly the listed sources.
     """
 
     date: str = "2025-10-05"
@@ -313,6 +317,7 @@ class Scenario:
     calibrator: Calibrator | None = None
     faults: tuple[Fault, ...] = ()
     rfi: bool = False
+    catalogue_calibrators: bool = True
 
     def __post_init__(self):
         _validate_scenario(self)
@@ -382,6 +387,7 @@ _FIELD_TYPES: dict[type, dict[str, type]] = {
         "date": str, "start": str, "n_blocks": int, "block_cadence_s": float, "dec_deg": float,
         "preset": str, "seed": int, "gains": bool, "noise": bool, "n_random_sources": int,
         "start_jitter_s": float, "gain_drift": float, "rfi": bool,
+        "catalogue_calibrators": bool,
     },
     Source: {"name": str, "ra_deg": float, "dec_deg": float, "flux_jy": float, "spectral_index": float},
     Calibrator: {

@@ -21,7 +21,7 @@ CAL = sim.Calibrator(flux_jy=10.0, block=0, dec_deg=55.0, spectral_index=-0.7)
 def _night(tmp_path_factory, name: str, **changes):
     """Simulate one tiny block; returns (out_dir, summary, truth)."""
     out = tmp_path_factory.mktemp(name)
-    scenario = sim.Scenario(**{"preset": "tiny", "n_blocks": 1, **changes})
+    scenario = sim.Scenario(**{"preset": "tiny", "n_blocks": 1, "catalogue_calibrators": False, **changes})
     summary = sim.simulate_night(scenario, out)
     truth = json.loads((out / products.TRUTH_JSON).read_text())
     return out, summary, truth
@@ -288,10 +288,13 @@ def test_default_scenario_and_random_sky_are_deterministic():
     assert (scenario.date, scenario.start, scenario.n_blocks, scenario.dec_deg) == ("2025-10-05", "03:00:00", 6, 54.6)
     assert (scenario.preset, scenario.seed, scenario.gains, scenario.noise) == ("small", 42, True, True)
     a, b = sim.plan_night(scenario), sim.plan_night(scenario)
-    assert a.sources == b.sources and len(a.sources) == scenario.n_random_sources
-    fluxes = np.array([s.flux_jy for s in a.sources])
+    # the default night sweeps the synthetic calibrator SIMCAL54, which the catalogue puts on the sky
+    assert a.sources == b.sources and [s.name for s in a.sources[:1]] == ["SIMCAL54"]
+    assert len(a.sources) == scenario.n_random_sources + 1
+    fluxes = np.array([s.flux_jy for s in a.sources[1:]])
     assert fluxes.min() >= sky.RANDOM_FLUX_MIN_JY and fluxes.max() <= sky.RANDOM_FLUX_MAX_JY
     assert np.all(np.abs(np.array([s.dec_deg for s in a.sources]) - 54.6) < 6.0)
+    assert len(sim.plan_night(dataclasses.replace(scenario, catalogue_calibrators=False)).sources) == 150
     assert np.array_equal(a.gains, b.gains)
 
 

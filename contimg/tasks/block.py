@@ -38,10 +38,12 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         return {"block_id": block_id, "state": "superseded"}
     missing = list(missing or [])
     ok = sorted((r for r in results if r.get("state") == "ok"), key=lambda r: r["subband"])
-    convert_s = [r.get("seconds") or 0.0 for r in results]
-    # convert_s: summed over subbands (CPU spent); convert_wall_s: the slowest subband.
-    timings = {"convert_s": round(sum(convert_s), 3), "convert_wall_s": round(max(convert_s, default=0.0), 3)}
+    # Per-step seconds summed over subbands (CPU spent); subband_wall_s: the slowest subband.
+    timings = {k: round(sum((r.get("steps_s") or {}).get(k, 0.0) for r in results), 3)
+               for k in ("convert_s", "flag_s", "calibrate_s")}
+    timings["subband_wall_s"] = round(max((r.get("seconds") or 0.0 for r in results), default=0.0), 3)
     failures = _describe_failures(results, missing)
+    uncalibrated = sorted(r["subband"] for r in ok if r.get("calibration") == "uncalibrated")
 
     def finish(state: str, reason: str | None, **extra) -> dict:
         rec = db.block(url, block_id) or {}
@@ -92,5 +94,9 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
                                      "beam_minor_arcsec", "beam_pa_deg", "cell_arcsec", "imsize")}
     for kind, path in info["fits"].items():
         db.record_product(url, block_id, f"{kind.replace('.', '_')}_fits", path, **measured)
-    reason = f"imaged from {len(ok)} of 16 subbands ({failures})" if failures else None
-    return finish(db.DONE, reason, image=info)
+    notes = []
+    if failures:
+        notes.append(f"imaged from {len(ok)} of 16 subbands ({failures})")
+    if uncalibrated:
+        notes.append("UNCALIBRATED: no valid caltables for " + ",".join(f"sb{sb:02d}" for sb in uncalibrated))
+    return finish(db.DONE, "; ".join(notes) or None, image=info)

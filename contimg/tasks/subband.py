@@ -1,4 +1,9 @@
-"""Header tasks of a block's chord: one per subband, on the node that holds it."""
+"""Header tasks of a block's chord: one per subband, on the node that holds it.
+
+Each converts its subband file into the node's scratch, flags it, and
+calibrates it (solve on a calibrator block, apply the nearest valid caltables
+on a target block), then returns a structured result.
+"""
 
 from __future__ import annotations
 
@@ -27,10 +32,10 @@ def _result(block_id: str, subband: int, node: str, state: str, **extra) -> dict
     return {"block_id": block_id, "subband": subband, "node": node, "state": state, **extra}
 
 
-@app.task(bind=True, name="contimg.convert_subband")
-def convert_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: str,
+@app.task(bind=True, name="contimg.process_subband")
+def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: str,
                     block_mid_jd: float, node: str, token: str | None = None) -> dict:
-    """Convert one subband file into the node's scratch.
+    """Convert, flag and calibrate one subband file in the node's scratch.
 
     Returns a structured result (``state`` ok with ``ms_path``, or failed with
     ``reason``) instead of raising, so one bad subband never strands the chord
@@ -55,11 +60,22 @@ def convert_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
         return _result(block_id, subband, node, "failed", reason=reason, seconds=secs, attempts=attempt)
 
     try:
+        from ..calibrate_step import calibrate_subband
         from ..convert import convert_subband as convert
+        from ..flagging import flag_subband
 
         src = check_path_in_roots(cfg, uvh5_path, "subband file")
         dst = check_path_in_roots(cfg, ms_path, "subband MS")
+        steps = {}
+        t = time.monotonic()
         res = convert(src, dst, block_mid_jd=block_mid_jd)
+        steps["convert_s"] = time.monotonic() - t
+        t = time.monotonic()
+        flags = flag_subband(dst, cfg.flagging, date=block_id[:10])
+        steps["flag_s"] = time.monotonic() - t
+        t = time.monotonic()
+        cal = calibrate_subband(cfg, block_id, subband, dst, block_mid_jd, res.pointing_dec_deg)
+        steps["calibrate_s"] = time.monotonic() - t
     except TransientError as e:
         if self.request.retries < cfg.pipeline.max_retries:
             db.upsert_subband(url, block_id, subband, reason=f"retrying: {e}")
@@ -73,10 +89,12 @@ def convert_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
         log.exception("unexpected error converting %s", uvh5_path)
         return failed(f"internal error {type(e).__name__}: {e}")
     secs = time.monotonic() - t0
-    details = res.as_dict()
+    details = {"convert": res.as_dict(), "flags": flags.as_dict(), "calibration": cal,
+               "steps_s": {k: round(v, 3) for k, v in steps.items()}}
     db.upsert_subband(url, block_id, subband, state=db.SB_OK, ms_path=str(dst), seconds=secs, details=details)
     return _result(block_id, subband, node, "ok", ms_path=str(dst), seconds=secs, attempts=attempt,
-                   uvw_max_m=details.get("uvw_check_max_m"))
+                   uvw_max_m=res.uvw_check_max_m, calibration=cal["calibration"],
+                   steps_s={k: round(v, 3) for k, v in steps.items()})
 
 
 @app.task(bind=True, name="contimg.cleanup_scratch")
