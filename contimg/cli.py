@@ -210,12 +210,12 @@ def cmd_demo(args) -> int:
     from . import simulate
 
     data = cfg.paths.data_root
-    # Antenna gains are off until the pipeline calibrates (issue 3): an uncalibrated
-    # image of data with random antenna phases shows no sources.
-    scen = _dc_replace(simulate.Scenario(), {"preset": args.preset, "n_blocks": args.blocks, "seed": args.seed,
-                                             "gains": False})
+    # The default night sweeps the catalogued calibrator SIMCAL54 (block 3): that block
+    # solves bandpass and gains, the others apply them.
+    scen = _dc_replace(simulate.Scenario(), {"preset": args.preset, "n_blocks": args.blocks, "seed": args.seed})
     print(f"== simulating {args.blocks} blocks x 16 subbands (preset {args.preset}, thermal noise, "
-          f"{scen.n_random_sources} sources, unit antenna gains) into {data}", flush=True)
+          f"{scen.n_random_sources} sources, antenna gains and bandpass errors, calibrator SIMCAL54 "
+          f"in transit) into {data}", flush=True)
     t0 = time.monotonic()
     sim = simulate.simulate_night(scen, data, progress=None)
     t_sim = time.monotonic() - t0
