@@ -68,6 +68,9 @@ scratch_root = "/nvme/b"
         ("[nodes.a]\nsubbands = '0-15'\nimaging = true\ncolour = 'red'\n", "nodes.a.colour"),
         ("[nodes.a]\nsubbands = 'x-y'\nimaging = true\n", "nodes.a.subbands"),
         ("[database]\nurl = 'not a url'\n", "database.url"),
+        ("[dispatch]\nlease_s = 600\n", "dispatch.lease_s"),
+        ("[dispatch]\nmax_inflight_per_node = 0\n", "dispatch.max_inflight_per_node"),
+        ("[calibration]\nmax_offset_deg = 0\n", "calibration.max_offset_deg"),
         ("this is = not toml [", "not valid TOML"),
     ],
 )
