@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="contimg-accuracy-"))
 
-    base = simulate.Scenario(n_blocks=args.blocks, preset=args.preset, gains=False, noise=True,
+    base = simulate.Scenario(n_blocks=args.blocks, preset=args.preset, gains=False, noise=True, catalogue_calibrators=False,
                              n_random_sources=args.random, start_jitter_s=30.0, seed=args.seed)
     mid = base.block_start(0).jd + telescope.BLOCK_DURATION_S / 2 / 86400
     sources = validation.bright_sources_near_meridian(mid, base.dec_deg, OFFSETS, FLUXES)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -43,7 +42,7 @@ UVW_TOL_M = 1e-3
 
 
 def scenario() -> simulate.Scenario:
-    base = simulate.Scenario(n_blocks=1, preset="small", gains=False, noise=True, n_random_sources=0,
+    base = simulate.Scenario(n_blocks=1, preset="small", gains=False, noise=True, n_random_sources=0, catalogue_calibrators=False,
                              start_jitter_s=30.0, seed=11)
     mid_jd = base.block_start(0).jd + telescope.BLOCK_DURATION_S / 2 / 86400
     sources = validation.bright_sources_near_meridian(mid_jd, DEC_DEG, OFFSETS, FLUXES)
@@ -85,7 +84,7 @@ def test_flux_position_and_noise_meet_the_targets(measured):
 @pytest.fixture(scope="module")
 def noise_only(tmp_path_factory):
     d = tmp_path_factory.mktemp("noise")
-    sc = simulate.Scenario(n_blocks=1, preset="small", gains=False, noise=True, n_random_sources=0,
+    sc = simulate.Scenario(n_blocks=1, preset="small", gains=False, noise=True, n_random_sources=0, catalogue_calibrators=False,
                            start_jitter_s=30.0, seed=3)
     simulate.simulate_night(sc, d / "data")
     runs, _ = validation.run_night(d / "data", d / "work", dataclasses.replace(SETTINGS, niter=1))

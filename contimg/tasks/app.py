@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 app = Celery("contimg", include=["contimg.tasks.subband", "contimg.tasks.block"])
 _current: _config.Config | None = None
+_queue = None
 
 
 def celery_settings(cfg: _config.Config) -> dict:
@@ -55,8 +56,18 @@ def celery_settings(cfg: _config.Config) -> dict:
 
 
 def configure(cfg: _config.Config) -> Celery:
-    """Configure the app for ``cfg`` (call before sending or consuming tasks)."""
-    global _current
+    """Configure the app for ``cfg`` (call before sending or consuming tasks).
+
+    Moving to another broker (a new private cluster in the same process) drops
+    the connections, producer pool and result backend bound to the old one.
+    """
+    global _current, _queue
+    if _current is not None and _current.broker.url != cfg.broker.url:
+        app.close()  # the broker connection pool and its producers
+        app._local.__dict__.pop("backend", None)  # the per-thread result backend
+        for cached in ("control", "amqp"):  # the mailbox and producer pool keep the old connection
+            app.__dict__.pop(cached, None)
+        _queue = None
     _current = cfg
     app.conf.update(celery_settings(cfg))
     return app
@@ -69,9 +80,6 @@ def current_config() -> _config.Config:
         configure(_config.load())
     assert _current is not None
     return _current
-
-
-_queue = None
 
 
 def work_queue():
