@@ -77,7 +77,7 @@ def cmd_simulate(args) -> int:
         overrides["gains"] = False
     if args.no_noise:
         overrides["noise"] = False
-    scen = scen.replace(**overrides) if hasattr(scen, "replace") else _dc_replace(scen, overrides)
+    scen = _dc_replace(scen, overrides)
     progress = None if args.json or args.quiet else (lambda line: print(line, flush=True))
     summary = simulate.simulate_night(scen, Path(args.out_dir), progress=progress)
     if args.json:
