@@ -1,0 +1,294 @@
+"""Tests of contimg.fast_convert: the same MS as contimg.convert, column by column."""
+
+from __future__ import annotations
+
+import errno
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import ATA_UVH5, require
+
+from contimg import convert, fast_convert, telescope
+from contimg import simulate as sim
+from contimg.errors import BadSubbandFile, TransientError
+from contimg.products import temporary_name
+
+SUBBAND = 7
+# Subtables the MS must hold the same way; HISTORY differs only by its timestamps.
+SUBTABLES = ("ANTENNA", "FIELD", "SPECTRAL_WINDOW", "POLARIZATION", "DATA_DESCRIPTION", "OBSERVATION",
+             "FEED", "SOURCE", "POINTING", "PROCESSOR", "STATE")
+EXACT_ROW_COLUMNS = ("DATA", "FLAG", "WEIGHT_SPECTRUM", "WEIGHT", "ANTENNA1", "ANTENNA2", "TIME",
+                     "TIME_CENTROID", "INTERVAL", "EXPOSURE", "SCAN_NUMBER", "FIELD_ID", "DATA_DESC_ID",
+                     "ARRAY_ID", "OBSERVATION_ID", "FEED1", "FEED2", "FLAG_ROW", "STATE_ID", "PROCESSOR_ID")
+
+
+# ---------------------------------------------------------------------------
+# fixtures
+# ---------------------------------------------------------------------------
+
+
+def _simulated_subband(out: Path, preset: str = "small") -> Path:
+    """One subband file of a simulated block (gains, noise, a few sources), via contimg.simulate."""
+    scenario = sim.Scenario(preset=preset, n_blocks=1, n_random_sources=5, catalogue_calibrators=False, seed=5)
+    plan = sim.plan_night(scenario)
+    planned = plan.files[0][SUBBAND]
+    uvd = sim.subband_uvdata(plan, planned, sim.block_directions(plan, 0)[:, SUBBAND])
+    path = out / planned.filename
+    sim.write_subband_file(uvd, path)
+    return path
+
+
+def _awkward_variant(raw: Path, out: Path) -> Path:
+    """The same data as a real correlator might order it.
+
+    Descending channels (real DSA-110 subbands run downwards), AIPS
+    polarization order (XX YY XY YX), a third of the baselines stored
+    ant1 > ant2, and flags and varying sample counts: every reordering and
+    the median WEIGHT have something to do.
+    """
+    from pyuvdata import UVData
+
+    uvd = UVData.from_file(str(raw), file_type="uvh5", run_check=False)
+    uvd.uvw_array = uvd.uvw_array.astype(np.float64)
+    uvd.reorder_freqs(channel_order="-freq")
+    uvd.channel_width = -np.abs(uvd.channel_width)  # as a descending file may carry them
+    uvd.reorder_pols(order="AIPS")
+    cross = np.nonzero(uvd.ant_1_array != uvd.ant_2_array)[0]
+    uvd.conjugate_bls(convention=cross[::3])
+    rng = np.random.default_rng(3)
+    uvd.flag_array = rng.random(uvd.flag_array.shape) < 0.05
+    uvd.nsample_array = rng.choice(np.array([0.0, 0.5, 1.0], dtype=np.float32), size=uvd.nsample_array.shape,
+                                   p=[0.02, 0.1, 0.88]).astype(np.float32)
+    path = out / raw.name.replace(f"sb{SUBBAND:02d}", "sb08")
+    sim.write_subband_file(uvd, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def raw_files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("raw")
+    plain = _simulated_subband(d)
+    return {"simulated": plain, "awkward": _awkward_variant(plain, d), "ata": require(ATA_UVH5)}
+
+
+CASES = {
+    # name: (file, keyword arguments of the conversion)
+    "block meridian": ("simulated", {"block_mid_jd": 2460953.6260}),
+    "own mid-time": ("simulated", {}),
+    "reordered, conjugated, flagged": ("awkward", {"block_mid_jd": 2460953.6260}),
+    "given centre": ("simulated", {"phase_center": (math.radians(300.5), math.radians(54.2))}),
+    "kept centre (ATA)": ("ata", {}),
+}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request, raw_files, tmp_path_factory):
+    """(reference MS, its result, fast MS, its result) of one case."""
+    which, kwargs = CASES[request.param]
+    d = tmp_path_factory.mktemp("pair")
+    ref = convert.convert_subband(raw_files[which], d / "ref.ms", **kwargs)
+    fast = fast_convert.convert_subband_fast(raw_files[which], d / "fast.ms", **kwargs)
+    return Path(ref.ms_path), ref, Path(fast.ms_path), fast
+
+
+def _table(path: Path, sub: str = ""):
+    from casacore import tables
+
+    return tables.table(str(path / sub) if sub else str(path), ack=False)
+
+
+def _column(ms: Path, name: str, sub: str = "") -> np.ndarray:
+    with _table(ms, sub) as t:
+        return t.getcol(name)
+
+
+def _same(a, b) -> bool:
+    """Equality of table keywords and cells: nested dicts, arrays, scalars."""
+    if isinstance(a, dict) or isinstance(b, dict):
+        return isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys() and all(
+            _same(a[k], b[k]) for k in a
+        )
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return np.array_equal(np.asarray(a), np.asarray(b))
+    return a == b
+
+
+def _cells(t, col: str) -> list:
+    """Every cell of a column; None where undefined (getcol fails on those)."""
+    return [t.getcell(col, i) if t.iscelldefined(col, i) else None for i in range(t.nrows())]
+
+
+# ---------------------------------------------------------------------------
+# equivalence with the pyuvdata path
+# ---------------------------------------------------------------------------
+
+
+def test_same_result(pair):
+    _, ref, _, fast = pair
+    a, b = ref.as_dict(), fast.as_dict()
+    for d in (a, b):
+        d.pop("seconds"), d.pop("ms_path")
+    assert a == b
+    assert fast.uvw_check_max_m < 1e-3
+
+
+def test_main_table_columns_identical(pair):
+    ref, _, fast, _ = pair
+    with _table(ref) as r, _table(fast) as f:
+        assert f.nrows() == r.nrows()
+        assert set(f.colnames()) == set(r.colnames())
+        for col in EXACT_ROW_COLUMNS:
+            # Same rows in the same order: row by row, bit for bit.
+            np.testing.assert_array_equal(f.getcol(col), r.getcol(col), err_msg=col)
+        weight = r.getcol("WEIGHT")
+        ok = weight != 0  # pyuvdata leaves SIGMA undefined where WEIGHT is 0
+        np.testing.assert_array_equal(f.getcol("SIGMA")[ok], r.getcol("SIGMA")[ok])
+        assert np.all(f.getcol("SIGMA")[~ok] == 0)
+        uvw_diff = np.abs(f.getcol("UVW") - r.getcol("UVW"))
+        assert uvw_diff.max() < 1e-3, f"UVW differs by up to {uvw_diff.max()} m"
+        for col in r.colnames():
+            assert _same(f.getcolkeywords(col), r.getcolkeywords(col)), f"{col} keywords"
+        # Subtable keywords hold the tables' paths; the rest must be equal.
+        fk, rk = f.getkeywords(), r.getkeywords()
+        assert fk.keys() == rk.keys()
+        assert all(_same(fk[k], rk[k]) for k in rk if not isinstance(rk[k], str) or not rk[k].startswith("Table:"))
+        assert {m["NAME"]: (m["TYPE"], sorted(m["COLUMNS"])) for m in f.getdminfo().values()} == {
+            m["NAME"]: (m["TYPE"], sorted(m["COLUMNS"])) for m in r.getdminfo().values()
+        }
+
+
+@pytest.mark.parametrize("sub", SUBTABLES)
+def test_subtables_identical(pair, sub):
+    ref, _, fast, _ = pair
+    with _table(ref, sub) as r, _table(fast, sub) as f:
+        assert f.nrows() == r.nrows(), sub
+        assert sorted(f.colnames()) == sorted(r.colnames()), sub
+        for col in r.colnames():
+            for i, (a, b) in enumerate(zip(_cells(f, col), _cells(r, col), strict=True)):
+                assert _same(a, b), f"{sub}.{col}[{i}]: {a!r} != {b!r}"
+            assert _same(f.getcolkeywords(col), r.getcolkeywords(col)), f"{sub}.{col} keywords"
+        assert _same(f.getkeywords(), r.getkeywords()), f"{sub} keywords"
+
+
+def test_dsa110_conventions(pair):
+    _, _, fast_ms, fast = pair
+    if fast.telescope != telescope.TELESCOPE_NAME:
+        pytest.skip("not a DSA-110 file")
+    assert list(_column(fast_ms, "TELESCOPE_NAME", "OBSERVATION")) == ["DSA-110"]
+    np.testing.assert_array_equal(_column(fast_ms, "DISH_DIAMETER", "ANTENNA")[1:], telescope.DISH_DIAMETER_M)
+    freqs = _column(fast_ms, "CHAN_FREQ", "SPECTRAL_WINDOW")[0]
+    assert np.all(np.diff(freqs) > 0) and np.all(_column(fast_ms, "CHAN_WIDTH", "SPECTRAL_WINDOW") > 0)
+    assert np.all(_column(fast_ms, "ANTENNA1") <= _column(fast_ms, "ANTENNA2"))
+    assert list(_column(fast_ms, "NAME", "FIELD")) == [fast.phase_center_name]
+    np.testing.assert_allclose(
+        _column(fast_ms, "PHASE_DIR", "FIELD")[0, 0],
+        [math.radians(fast.phase_center_ra_deg), math.radians(fast.phase_center_dec_deg)], atol=1e-12,
+    )
+
+
+def test_a_real_rotation_happened(raw_files, tmp_path):
+    """Guard against a vacuous comparison: the rephasing changes DATA by a lot."""
+    import h5py
+
+    res = fast_convert.convert_subband_fast(raw_files["simulated"], tmp_path / "x.ms", block_mid_jd=2460953.6260)
+    with h5py.File(raw_files["simulated"], "r") as f:
+        raw = f["Data/visdata"][()]
+    data = np.conj(_column(Path(res.ms_path), "DATA"))  # MS holds the conjugate (pyuvdata's flip_conj)
+    cross = _column(Path(res.ms_path), "ANTENNA1") != _column(Path(res.ms_path), "ANTENNA2")
+    dphi = np.angle(data[cross] * np.conj(raw[cross]))
+    assert np.median(np.abs(dphi)) > 0.1
+    np.testing.assert_allclose(np.abs(data), np.abs(raw), rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# idempotence, bad input and failed writes
+# ---------------------------------------------------------------------------
+
+
+def test_convert_is_idempotent(raw_files, tmp_path):
+    ms = tmp_path / "again.ms"
+    first = fast_convert.convert_subband_fast(raw_files["simulated"], ms)
+    data = _column(ms, "DATA")
+    second = fast_convert.convert_subband_fast(raw_files["simulated"], ms)  # over an existing MS
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.ms"]
+    np.testing.assert_array_equal(_column(ms, "DATA"), data)
+    assert first.phase_center_name == second.phase_center_name
+
+
+def test_truncated_file_is_bad(raw_files, tmp_path):
+    data = raw_files["simulated"].read_bytes()
+    for fraction in (0.4, 0.95):  # inside the header; inside the data sets
+        cut = tmp_path / f"2025-10-05T03:12:45_sb{int(fraction * 10):02d}.hdf5"
+        cut.write_bytes(data[: int(fraction * len(data))])
+        ms = tmp_path / f"{cut.stem}.ms"
+        with pytest.raises(BadSubbandFile, match=cut.name) as info:
+            fast_convert.convert_subband_fast(cut, ms)
+        assert "\n" not in str(info.value) and "re-transfer" in str(info.value)
+        assert not ms.exists() and not temporary_name(ms).exists()
+
+
+def test_missing_file_is_bad(tmp_path):
+    ghost = tmp_path / "2025-10-05T03:12:45_sb09.hdf5"
+    with pytest.raises(BadSubbandFile, match=ghost.name) as info:
+        fast_convert.convert_subband_fast(ghost, tmp_path / "sb09.ms")
+    assert "does not exist" in str(info.value)
+    assert not (tmp_path / "sb09.ms").exists()
+
+
+def test_not_uvh5_is_bad(tmp_path):
+    import h5py
+
+    junk = tmp_path / "2025-10-05T03:12:45_sb01.hdf5"
+    junk.write_text("not a UVH5 file\n")
+    other = tmp_path / "2025-10-05T03:12:45_sb02.hdf5"
+    with h5py.File(other, "w") as f:
+        f["Header/whatever"] = np.arange(3)
+    for path in (junk, other):
+        with pytest.raises(BadSubbandFile, match=path.name) as info:
+            fast_convert.convert_subband_fast(path, tmp_path / "x.ms")
+        assert "\n" not in str(info.value)
+    assert not (tmp_path / "x.ms").exists()
+
+
+def test_data_shape_mismatch_is_bad(raw_files, tmp_path):
+    import h5py
+
+    bad = tmp_path / "2025-10-05T03:12:45_sb03.hdf5"
+    shutil.copy(raw_files["simulated"], bad)
+    with h5py.File(bad, "r+") as f:
+        flags = f["Data/flags"][()]
+        del f["Data/flags"]
+        f["Data/flags"] = flags[:-1]
+    with pytest.raises(BadSubbandFile, match="Data/flags"):
+        fast_convert.convert_subband_fast(bad, tmp_path / "x.ms")
+
+
+def test_disk_full_is_transient_and_keeps_old_ms(raw_files, tmp_path, monkeypatch):
+    from pyuvdata.utils.io import ms as ms_utils
+
+    ms = tmp_path / "sb.ms"
+    fast_convert.convert_subband_fast(raw_files["ata"], ms)
+    before = _column(ms, "DATA")
+
+    def full_disk(filepath, **kwargs):
+        Path(filepath).mkdir()
+        (Path(filepath) / "table.f1").write_bytes(b"half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ms_utils, "init_ms_file", full_disk)
+    with pytest.raises(TransientError, match="sb.ms"):
+        fast_convert.convert_subband_fast(raw_files["ata"], ms)
+    assert not temporary_name(ms).exists()
+    np.testing.assert_array_equal(_column(ms, "DATA"), before)
+
+
+def test_blocks_smaller_than_the_file(raw_files, tmp_path, monkeypatch):
+    """Several blocks, the last one partial, give the same MS as one block."""
+    whole = fast_convert.convert_subband_fast(raw_files["awkward"], tmp_path / "whole.ms")
+    monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 1000)
+    parts = fast_convert.convert_subband_fast(raw_files["awkward"], tmp_path / "parts.ms")
+    for col in ("DATA", "FLAG", "WEIGHT_SPECTRUM", "WEIGHT", "UVW"):
+        np.testing.assert_array_equal(_column(Path(parts.ms_path), col), _column(Path(whole.ms_path), col))
