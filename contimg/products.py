@@ -10,6 +10,10 @@ block products      ``{products_root}/{date}/{block_id}/``:
                     ``{block_id}.ms`` (concatenated), ``{block_id}.image.fits``,
                     ``{block_id}.pb.fits``, ``{block_id}.residual.fits``
 simulation truth    ``{data_dir}/truth.json``, ``{data_dir}/truth_gains.npz``
+mosaic products     ``{products_root}/mosaics/{date}/{mosaic_id}/``:
+                    ``{mosaic_id}.image.fits``, ``.noise.fits``, ``.weight.fits``,
+                    ``{mosaic_id}.image.png`` (quicklook),
+                    ``{mosaic_id}.sources.ecsv`` and ``.sources.vot`` (catalogue)
 
 A block id is the timestamp of the earliest subband file of the block
 (``YYYY-MM-DDTHH:MM:SS``), because the 16 files of a block do not share one.
@@ -213,3 +217,83 @@ def parse_caltable(path: str | Path) -> tuple[str, int, str] | None:
         return None
     kind = {v: k for k, v in CALTABLE_KINDS.items()}[m["suffix"]]
     return m["block"], int(m["sb"]), kind
+
+
+# -- mosaics and their source catalogues -------------------------------------------
+
+MOSAIC_KINDS = ("image", "noise", "weight")
+"""FITS products of a mosaic: the weighted image, its noise map and the summed weight."""
+CATALOGUE_FORMATS = {"ecsv": "sources.ecsv", "votable": "sources.vot"}
+"""Catalogue format (astropy.table name) -> file suffix."""
+_MOSAIC_ID_RE = re.compile(
+    r"^dec(?P<dec>[+-]\d{2}\.\d{2})_(?P<first>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})"
+    r"_(?P<last>\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})$"
+)
+
+
+def mosaic_id(dec_deg: float, first_block_id: str, last_block_id: str) -> str:
+    """Name of the mosaic of a declination strip, e.g. ``dec+54.60_2025-10-05T03:12:45_2025-10-05T04:02:11``.
+
+    The declination (pointing, degrees, two decimals) and the first and last
+    block ids in time say which strip and which stretch of it.
+    """
+    check_block_id(first_block_id)
+    check_block_id(last_block_id)
+    if not -90 <= dec_deg <= 90:
+        raise ValueError(f"mosaic declination {dec_deg} is not between -90 and 90 degrees")
+    return f"dec{dec_deg:+06.2f}_{first_block_id}_{last_block_id}"
+
+
+def parse_mosaic_id(text: str) -> tuple[float, str, str] | None:
+    """``(dec_deg, first_block_id, last_block_id)`` of a mosaic id, or None when it is not one."""
+    m = _MOSAIC_ID_RE.match(text or "")
+    if not m:
+        return None
+    return float(m["dec"]), m["first"], m["last"]
+
+
+@dataclass(frozen=True)
+class MosaicProducts:
+    """Paths of the products of one mosaic and of its source catalogue."""
+
+    directory: Path
+    mosaic_id: str
+
+    def fits(self, kind: str) -> Path:
+        """``image`` (Jy/beam), ``noise`` (Jy/beam) or ``weight`` (sum of pb^2/sigma^2)."""
+        if kind not in MOSAIC_KINDS:
+            raise ValueError(f"mosaic product kind {kind!r} is not one of {', '.join(MOSAIC_KINDS)}")
+        return self.directory / f"{self.mosaic_id}.{kind}.fits"
+
+    @property
+    def image_fits(self) -> Path:
+        return self.fits("image")
+
+    @property
+    def noise_fits(self) -> Path:
+        return self.fits("noise")
+
+    @property
+    def weight_fits(self) -> Path:
+        return self.fits("weight")
+
+    @property
+    def quicklook_png(self) -> Path:
+        return self.directory / f"{self.mosaic_id}.image.png"
+
+    def catalogue(self, fmt: str = "ecsv") -> Path:
+        """Source catalogue of the mosaic in ``fmt`` (``ecsv`` or ``votable``)."""
+        if fmt not in CATALOGUE_FORMATS:
+            raise ValueError(f"catalogue format {fmt!r} is not one of {', '.join(CATALOGUE_FORMATS)}")
+        return self.directory / f"{self.mosaic_id}.{CATALOGUE_FORMATS[fmt]}"
+
+
+def mosaic_products(products_root: str | Path, mosaic_id_: str) -> MosaicProducts:
+    """Where the products of mosaic ``mosaic_id_`` live (dated by its first block)."""
+    parsed = parse_mosaic_id(mosaic_id_)
+    if parsed is None:
+        raise ValueError(
+            f"mosaic id {mosaic_id_!r} is not of the form decSDD.DD_FIRSTBLOCK_LASTBLOCK; "
+            "build it with contimg.products.mosaic_id"
+        )
+    return MosaicProducts(Path(products_root) / "mosaics" / block_date(parsed[1]) / mosaic_id_, mosaic_id_)
