@@ -336,15 +336,18 @@ def cmd_runs(args) -> int:
 def cmd_dispatch(args) -> int:
     """Hand queued blocks to imaging nodes and reap expired leases, until stopped."""
     from .dispatch import WorkQueue
-    from .pipeline import Dispatcher
+    from .pipeline import BROKER_DOWN, Dispatcher
 
     cfg = _cluster_config(args)
     disp = Dispatcher(cfg)
     print(f"dispatching from {_redact('broker.url', cfg.broker.url)}: K={cfg.dispatch.max_inflight_per_node} "
           f"per imaging node, lease {cfg.dispatch.lease_s:g} s", flush=True)
     while True:
-        for ev in disp.step():
-            print(ev, flush=True)
+        try:
+            for ev in disp.step():
+                print(ev, flush=True)
+        except BROKER_DOWN as e:  # Redis restarting: the queue is persisted there; keep trying
+            print(f"broker unreachable ({type(e).__name__}: {e}); retrying", file=sys.stderr, flush=True)
         if args.once:
             if args.json:
                 _print_json(WorkQueue.from_url(cfg.broker.url).counts())

@@ -124,13 +124,13 @@ class LocalCluster:
     """
 
     def __init__(self, cfg: _config.Config, workdir: Path, nodes: list[str] | None = None,
-                 concurrency: int = 1, env: dict[str, str] | None = None):
+                 concurrency: int = 1, env: dict[str, str] | None = None, appendonly: bool = False):
         self.base_config = cfg
         self.workdir = Path(workdir)
         self.nodes = nodes or list(cfg.nodes)
         self.concurrency = concurrency
         self.env = env or {}
-        self.redis = RedisServer(self.workdir / "redis")
+        self.redis = RedisServer(self.workdir / "redis", appendonly=appendonly)
         self.workers: dict[str, subprocess.Popen] = {}
         self.config: _config.Config | None = None
         self.config_path = self.workdir / "config.toml"
@@ -214,6 +214,30 @@ class LocalCluster:
                     return True
             time.sleep(0.2)
         return False
+
+    def restart_redis(self, down_s: float = 0.0) -> None:
+        """Stop redis-server (SIGTERM: it writes its append-only file) and start it again
+        on the same port, directory and password after ``down_s`` seconds.
+
+        Call it from a thread that lives as long as the cluster: the server gets a
+        parent-death signal, which Linux ties to the thread that started it.
+        """
+        self.redis.stop()
+        time.sleep(down_s)
+        self.redis.start()
+
+    def worker_children(self, node: str) -> list[int]:
+        """Process ids of the pool processes (the ones that run tasks) of a node's worker."""
+        parent = self.workers[node].pid
+        kids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                kids.append(int(stat.parent.name))
+        return sorted(kids)
 
     def stop_worker(self, node: str, grace_s: float = 20.0) -> None:
         _stop(self.workers.pop(node, None), grace_s)

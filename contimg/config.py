@@ -100,6 +100,11 @@ class PipelineConfig:
     """Retries of a transient fault, with exponential backoff and jitter."""
     keep_scratch_on_failure: bool = False
     """Keep a failed block's scratch directory for debugging."""
+    stage_set: str = "science"
+    """``science`` (convert, flag, calibrate, image) or ``noop``: every stage only checks its input
+    file and sleeps ``noop_seconds``, to measure orchestration overhead and to rehearse faults."""
+    noop_seconds: float = 0.0
+    """Seconds each no-op subband stage sleeps (``stage_set = "noop"`` only)."""
 
 
 @dataclass
@@ -114,6 +119,10 @@ class DispatchConfig:
     """Times a block is handed out before it is failed (expired leases)."""
     poll_s: float = 0.5
     """How often the dispatcher fills free slots and reaps expired leases."""
+    node_check_s: float = 30.0
+    """How often the dispatcher asks which nodes have a live worker (0: never). A block in flight
+    whose subbands wait on a node with no worker keeps its lease and is shown as waiting for that
+    node, instead of being handed out again; it goes on when the node returns."""
 
 
 @dataclass
@@ -148,6 +157,7 @@ class ImagingConfig:
     """Channels are averaged before imaging only while the peak loss of the longest baseline at the image edge stays below this."""
 
 
+STAGE_SETS = ("science", "noop")
 FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag")
 WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
 
@@ -495,6 +505,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"pipeline.block_tolerance_s: {pl.block_tolerance_s} must be in (0, 300] seconds")
     if pl.max_retries < 0:
         raise ConfigError("pipeline.max_retries: must be >= 0")
+    if pl.stage_set not in STAGE_SETS:
+        raise ConfigError(f"pipeline.stage_set: {pl.stage_set!r} is not one of {', '.join(STAGE_SETS)}")
+    if pl.noop_seconds < 0:
+        raise ConfigError("pipeline.noop_seconds: must be >= 0")
     d = cfg.dispatch
     if d.max_inflight_per_node < 1:
         raise ConfigError("dispatch.max_inflight_per_node: must be >= 1")
@@ -507,6 +521,8 @@ def validate(cfg: Config) -> None:
         )
     if not 0 < d.poll_s <= 60:
         raise ConfigError("dispatch.poll_s: must be in (0, 60] seconds")
+    if d.node_check_s < 0:
+        raise ConfigError("dispatch.node_check_s: must be >= 0 (0 turns the check off)")
     b = cfg.broker
     if b.url and not b.url.startswith(("redis://", "rediss://", "unix://")):
         raise ConfigError(f"broker.url: {b.url!r} is not a redis:// URL")

@@ -202,6 +202,14 @@ class WorkQueue:
         """block id -> imaging node."""
         return {k.decode(): v.decode() for k, v in self.r.hgetall(K_NODE).items()}
 
+    def tokens(self) -> dict[str, str]:
+        """block id -> lease token of every block in flight."""
+        return {k.decode(): v.decode() for k, v in self.r.hgetall(K_TOKEN).items()}
+
+    def spec(self, block_id: str) -> dict | None:
+        raw = self.r.hget(K_SPEC, block_id)
+        return json.loads(raw) if raw else None
+
     def counts(self) -> dict[str, int]:
         nodes: dict[str, int] = {}
         for n in self.inflight().values():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
@@ -149,7 +150,10 @@ class Dispatcher:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.queue = WorkQueue.from_url(cfg.broker.url)
-        self._app_configured = False
+        self._live: set[str] | None = None  # nodes with a worker answering; None: not checked yet
+        self._checked_at = -float("inf")
+        self._down_since: dict[str, float] = {}
+        self._waiting: dict[str, set[str]] = {}  # block id -> down nodes it waits for
 
     def step(self) -> list[str]:
         """One pass; returns human-readable events."""
@@ -164,7 +168,11 @@ class Dispatcher:
                 db.upsert_block(url, r.block_id, state=db.QUEUED,
                                 reason=f"lease expired on attempt {r.attempts}; queued again")
             events.append(f"{r.block_id} lease expired: {r.outcome}")
-        nodes = [n.name for n in cfg.imaging_nodes()]
+        live = self._check_nodes()
+        if live is not None:
+            events += self._hold_blocks_on_down_nodes(live)
+        # an imaging node with no worker would only let its callbacks queue up
+        nodes = [n.name for n in cfg.imaging_nodes() if live is None or n.name in live]
         progress = True
         while progress:  # round-robin over imaging nodes, one block at a time
             progress = False
@@ -184,6 +192,58 @@ class Dispatcher:
 
         return app
 
+    def _check_nodes(self) -> set[str] | None:
+        """Nodes with a worker answering a ping, refreshed every ``dispatch.node_check_s``."""
+        every = self.cfg.dispatch.node_check_s
+        if every <= 0:
+            return None
+        now = time.monotonic()
+        if now - self._checked_at >= every:
+            from .tasks.app import configure
+
+            replies = configure(self.cfg).control.ping(timeout=1.0) or []
+            self._live = {name.split("@", 1)[0] for r in replies for name in r}
+            self._checked_at = now
+        for n in self.cfg.nodes:
+            if n in self._live:
+                self._down_since.pop(n, None)
+            else:
+                self._down_since.setdefault(n, time.time())
+        return self._live
+
+    def _hold_blocks_on_down_nodes(self, live: set[str]) -> list[str]:
+        """Keep the lease of in-flight blocks whose work waits on a node with no worker.
+
+        Their tasks sit safely in that node's queue; handing the block out
+        again would only queue a second copy behind the first. The block's
+        reason says which node it waits for, and is updated when it goes on.
+        """
+        cfg, url, events = self.cfg, self.cfg.database_url, []
+        holders = self.queue.inflight()
+        for bid, token in self.queue.tokens().items():
+            spec = self.queue.spec(bid)
+            if spec is None:
+                continue
+            needed = set(spec.get("nodes", {}).values()) | {
+                cfg.node_for_subband(int(sb)).name for sb in spec["files"] if sb not in spec.get("nodes", {})}
+            needed.add(holders.get(bid, ""))
+            down = sorted(n for n in needed if n in cfg.nodes and n not in live)
+            was = self._waiting.get(bid, set())
+            if down:
+                self.queue.renew(bid, token, cfg.dispatch.lease_s)
+                if set(down) != was:
+                    since = datetime.fromtimestamp(min(self._down_since[n] for n in down), timezone.utc)
+                    db.upsert_block(url, bid, reason=f"waiting for node {', '.join(down)}: no worker answering "
+                                                     f"since {since:%H:%M:%S} UTC; start its worker "
+                                                     f"(or resubmit with --remap)")
+                    events.append(f"{bid} waits for {', '.join(down)}")
+                self._waiting[bid] = set(down)
+            elif was:
+                db.upsert_block(url, bid, reason=f"waited for node {', '.join(sorted(was))} (no worker); went on")
+                events.append(f"{bid} goes on: {', '.join(sorted(was))} back")
+                del self._waiting[bid]
+        return events
+
 
 def _stop_result_listener(app) -> None:
     """Drop the result subscriptions Celery made while sending.
@@ -202,6 +262,18 @@ def _stop_result_listener(app) -> None:
 ProgressFn = Callable[[str], None]
 
 
+def _broker_errors() -> tuple[type[BaseException], ...]:
+    import redis
+    from kombu.exceptions import OperationalError
+
+    return (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, redis.exceptions.BusyLoadingError,
+            OperationalError, ConnectionError)
+
+
+BROKER_DOWN = _broker_errors()
+"""Errors that mean the broker is (briefly) unreachable, not that the work is wrong."""
+
+
 def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, poll_s: float | None = None,
          timeout_s: float | None = None, dispatcher: Dispatcher | None = None) -> list[dict]:
     """Wait until every block is done or failed, reporting state changes.
@@ -217,7 +289,11 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
     t0 = time.monotonic()
     final = {db.DONE, db.FAILED}
     while True:
-        dispatcher.step()
+        try:
+            dispatcher.step()
+        except BROKER_DOWN as e:  # a restarting Redis: the work waits in it, persisted; try again
+            if progress:
+                progress(f"broker unreachable ({type(e).__name__}); retrying in {poll_s:g} s")
         states = db.states(url, block_ids)
         for bid in block_ids:
             st = states.get(bid, "unknown")

@@ -42,7 +42,11 @@ def redis_server(tmp_path_factory):
 
 
 def make_config(base: Path, data_dir: Path, **pipeline):
-    """A configuration whose roots all live under ``base``."""
+    """A configuration whose roots all live under ``base``.
+
+    Keyword arguments set ``pipeline`` keys (``min_subbands=12``), or any
+    section's key when named ``section__key`` (``dispatch__lease_s=60``).
+    """
     from contimg import config
 
     env = {
@@ -52,5 +56,6 @@ def make_config(base: Path, data_dir: Path, **pipeline):
         "CONTIMG_PATHS__SCRATCH_ROOT": str(base / "scratch"),
     }
     for k, v in pipeline.items():
-        env[f"CONTIMG_PIPELINE__{k.upper()}"] = str(v).lower() if isinstance(v, bool) else str(v)
+        key = k.upper() if "__" in k else f"PIPELINE__{k.upper()}"
+        env[f"CONTIMG_{key}"] = str(v).lower() if isinstance(v, bool) else str(v)
     return config.load(path=None, env=env)

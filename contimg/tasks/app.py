@@ -44,15 +44,24 @@ def celery_settings(cfg: _config.Config) -> dict:
         result_backend_transport_options={"visibility_timeout": b.visibility_timeout_s},
         result_expires=b.result_expires_s,
         task_time_limit=b.task_time_limit_s,
-        task_soft_time_limit=max(1, b.task_time_limit_s - 30),
+        task_soft_time_limit=soft_time_limit_s(cfg),
         task_track_started=True,
         task_default_queue="contimg-unrouted",  # every task is routed; a message here is a bug
         worker_max_tasks_per_child=50,  # CASA-heavy processes grow slowly
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a restarting Redis must not end the worker
+        result_backend_always_retry=True,  # results and chord counters survive a Redis restart
+        result_backend_max_retries=30,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # Flower
         task_send_sent_event=True,
     )
+
+
+def soft_time_limit_s(cfg: _config.Config) -> int:
+    """The soft limit raises in the task, 30 s (or half the limit) before the hard limit kills it."""
+    hard = int(cfg.broker.task_time_limit_s)
+    return max(1, hard // 2 if hard < 60 else hard - 30)
 
 
 def configure(cfg: _config.Config) -> Celery:
@@ -69,7 +78,15 @@ def configure(cfg: _config.Config) -> Celery:
             app.__dict__.pop(cached, None)
         _queue = None
     _current = cfg
-    app.conf.update(celery_settings(cfg))
+    settings = celery_settings(cfg)
+    app.conf.update(settings)
+    # Tasks bound earlier keep the limits they were bound with, and senders put those in the
+    # messages: a process that moves to another configuration must update them.
+    for task in app.tasks.values():
+        if task.name.startswith("contimg."):
+            task.time_limit = settings["task_time_limit"]
+            task.soft_time_limit = settings["task_soft_time_limit"]
+            task._exec_options = None  # Celery caches the send options, limits included
     return app
 
 

@@ -10,7 +10,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from .. import database as db
 from ..errors import PermanentError, TransientError
 from ..products import block_products
-from .app import app, current_config, lease_holds, work_queue
+from .app import app, current_config, lease_holds, soft_time_limit_s, work_queue
 from .subband import backoff_s, cleanup_scratch
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         return finish(db.FAILED, f"only {len(ok)} of 16 subbands converted, minimum is "
                                  f"{cfg.pipeline.min_subbands} ({failures})")
     db.upsert_block(url, block_id, state=db.IMAGING, imaging_node=node, n_subbands_ok=len(ok))
+    if cfg.pipeline.stage_set == "noop":
+        return finish(db.DONE, "no-op stage set: nothing imaged" + (f"; {failures}" if failures else ""))
     prods = block_products(cfg.paths.products_root, block_id)
     try:
         from ..imaging import concat_subbands, image_block as make_image
@@ -84,7 +86,8 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     except PermanentError as e:
         return finish(db.FAILED, f"imaging: {e}")
     except SoftTimeLimitExceeded:
-        return finish(db.FAILED, f"imaging exceeded the task time limit of {cfg.broker.task_time_limit_s} s")
+        return finish(db.FAILED, f"imaging exceeded its time limit ({soft_time_limit_s(cfg)} s, "
+                                 f"broker.task_time_limit_s = {cfg.broker.task_time_limit_s} s)")
     except Exception as e:  # record a bug as a failure of this block; the night goes on
         log.exception("unexpected error imaging block %s", block_id)
         return finish(db.FAILED, f"imaging: internal error {type(e).__name__}: {e}")

@@ -18,7 +18,7 @@ from .. import database as db
 from ..config import check_path_in_roots
 from ..errors import PermanentError, TransientError
 from ..products import block_scratch_dir
-from .app import app, current_config, lease_holds
+from .app import app, current_config, lease_holds, soft_time_limit_s
 
 log = logging.getLogger(__name__)
 
@@ -60,22 +60,12 @@ def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
         return _result(block_id, subband, node, "failed", reason=reason, seconds=secs, attempts=attempt)
 
     try:
-        from ..calibrate_step import calibrate_subband
-        from ..convert import convert_subband as convert
-        from ..flagging import flag_subband
-
         src = check_path_in_roots(cfg, uvh5_path, "subband file")
         dst = check_path_in_roots(cfg, ms_path, "subband MS")
-        steps = {}
-        t = time.monotonic()
-        res = convert(src, dst, block_mid_jd=block_mid_jd)
-        steps["convert_s"] = time.monotonic() - t
-        t = time.monotonic()
-        flags = flag_subband(dst, cfg.flagging, date=block_id[:10])
-        steps["flag_s"] = time.monotonic() - t
-        t = time.monotonic()
-        cal = calibrate_subband(cfg, block_id, subband, dst, block_mid_jd, res.pointing_dec_deg)
-        steps["calibrate_s"] = time.monotonic() - t
+        if cfg.pipeline.stage_set == "noop":
+            steps, details, extra = _noop_stages(cfg, src)
+        else:
+            steps, details, extra = _science_stages(cfg, block_id, subband, src, dst, block_mid_jd)
     except TransientError as e:
         if self.request.retries < cfg.pipeline.max_retries:
             db.upsert_subband(url, block_id, subband, reason=f"retrying: {e}")
@@ -84,17 +74,44 @@ def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
     except PermanentError as e:
         return failed(str(e))
     except SoftTimeLimitExceeded:
-        return failed(f"conversion exceeded the task time limit of {cfg.broker.task_time_limit_s} s")
+        return failed(f"the subband step exceeded its time limit ({soft_time_limit_s(cfg)} s, "
+                      f"broker.task_time_limit_s = {cfg.broker.task_time_limit_s} s); a hung read or tool?")
     except Exception as e:  # a bug must not strand the block: record it as a failure with its type
         log.exception("unexpected error converting %s", uvh5_path)
         return failed(f"internal error {type(e).__name__}: {e}")
     secs = time.monotonic() - t0
-    details = {"convert": res.as_dict(), "flags": flags.as_dict(), "calibration": cal,
-               "steps_s": {k: round(v, 3) for k, v in steps.items()}}
-    db.upsert_subband(url, block_id, subband, state=db.SB_OK, ms_path=str(dst), seconds=secs, details=details)
+    steps = {k: round(v, 3) for k, v in steps.items()}
+    db.upsert_subband(url, block_id, subband, state=db.SB_OK, ms_path=str(dst), seconds=secs,
+                      details=dict(details, steps_s=steps))
     return _result(block_id, subband, node, "ok", ms_path=str(dst), seconds=secs, attempts=attempt,
-                   uvw_max_m=res.uvw_check_max_m, calibration=cal["calibration"],
-                   steps_s={k: round(v, 3) for k, v in steps.items()})
+                   steps_s=steps, **extra)
+
+
+def _science_stages(cfg, block_id: str, subband: int, src, dst, block_mid_jd: float):
+    """Convert, flag, calibrate; returns (step seconds, details for the database, result extras)."""
+    from ..calibrate_step import calibrate_subband
+    from ..convert import convert_subband as convert
+    from ..flagging import flag_subband
+
+    steps = {}
+    t = time.monotonic()
+    res = convert(src, dst, block_mid_jd=block_mid_jd)
+    steps["convert_s"] = time.monotonic() - t
+    t = time.monotonic()
+    flags = flag_subband(dst, cfg.flagging, date=block_id[:10])
+    steps["flag_s"] = time.monotonic() - t
+    t = time.monotonic()
+    cal = calibrate_subband(cfg, block_id, subband, dst, block_mid_jd, res.pointing_dec_deg)
+    steps["calibrate_s"] = time.monotonic() - t
+    details = {"convert": res.as_dict(), "flags": flags.as_dict(), "calibration": cal}
+    return steps, details, {"uvw_max_m": res.uvw_check_max_m, "calibration": cal["calibration"]}
+
+
+def _noop_stages(cfg, src):
+    """The no-op stage set (:mod:`contimg.noop`): check the file, sleep."""
+    from ..noop import subband_stage
+
+    return subband_stage(src, cfg.pipeline.noop_seconds), {"stage_set": "noop"}, {"calibration": "noop"}
 
 
 @app.task(bind=True, name="contimg.cleanup_scratch")
