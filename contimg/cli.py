@@ -99,9 +99,12 @@ def _dc_replace(obj, overrides):
 
 def cmd_convert(args) -> int:
     from .convert import convert_subband
+    from .fast_convert import convert_subband_fast
 
+    method = args.method or _load_config(args).pipeline.converter
+    convert = convert_subband_fast if method == "fast" else convert_subband
     t0 = time.monotonic()
-    res = convert_subband(Path(args.input), Path(args.output))
+    res = convert(Path(args.input), Path(args.output))
     d = res.as_dict()
     if args.json:
         _print_json(d)
@@ -482,6 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv = sub.add_parser("convert", help="convert one subband file to a Measurement Set")
     cv.add_argument("input", help="subband UVH5 file")
     cv.add_argument("output", help="Measurement Set to write")
+    cv.add_argument("--method", choices=("fast", "pyuvdata"),
+                    help="converter (default: pipeline.converter, fast); both write the same MS")
     cv.add_argument("--json", action="store_true", help="print the result as JSON")
     cv.set_defaults(func=cmd_convert)
 

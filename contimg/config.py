@@ -100,6 +100,8 @@ class PipelineConfig:
     """Retries of a transient fault, with exponential backoff and jitter."""
     keep_scratch_on_failure: bool = False
     """Keep a failed block's scratch directory for debugging."""
+    converter: str = "fast"
+    """UVH5 to MS: ``fast`` (:mod:`contimg.fast_convert`, streamed, same MS) or ``pyuvdata`` (read, then write_ms)."""
     stage_set: str = "science"
     """``science`` (convert, flag, calibrate, image) or ``noop``: every stage only checks its input
     file and sleeps ``noop_seconds``, to measure orchestration overhead and to rehearse faults."""
@@ -158,6 +160,7 @@ class ImagingConfig:
 
 
 STAGE_SETS = ("science", "noop")
+CONVERTERS = ("fast", "pyuvdata")
 FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag")
 WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
 
@@ -505,6 +508,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"pipeline.block_tolerance_s: {pl.block_tolerance_s} must be in (0, 300] seconds")
     if pl.max_retries < 0:
         raise ConfigError("pipeline.max_retries: must be >= 0")
+    if pl.converter not in CONVERTERS:
+        raise ConfigError(f"pipeline.converter: {pl.converter!r} is not one of {', '.join(CONVERTERS)}")
     if pl.stage_set not in STAGE_SETS:
         raise ConfigError(f"pipeline.stage_set: {pl.stage_set!r} is not one of {', '.join(STAGE_SETS)}")
     if pl.noop_seconds < 0:

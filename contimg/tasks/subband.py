@@ -90,8 +90,11 @@ def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
 def _science_stages(cfg, block_id: str, subband: int, src, dst, block_mid_jd: float):
     """Convert, flag, calibrate; returns (step seconds, details for the database, result extras)."""
     from ..calibrate_step import calibrate_subband
-    from ..convert import convert_subband as convert
+    from ..convert import convert_subband
+    from ..fast_convert import convert_subband_fast
     from ..flagging import flag_subband
+
+    convert = convert_subband_fast if cfg.pipeline.converter == "fast" else convert_subband
 
     steps = {}
     t = time.monotonic()
