@@ -208,6 +208,32 @@ class CalibrationConfig:
 
 
 @dataclass
+class SurveyConfig:
+    """The survey science: reference catalogue, forced photometry, flux scale, ESE search (docs/survey.md)."""
+
+    match_radius_beams: float = 0.5
+    """A mosaic detection within this many restoring-beam majors (FWHM) of a catalogue source is that source."""
+    catalogue_min_snr: float = 7.0
+    """Mosaic detections below this signal-to-noise ratio are not added to the catalogue."""
+    edge_beams: float = 2.0
+    """Forced photometry flags a source within this many beam majors of the image edge or a blank pixel."""
+    min_pb: float = 0.3
+    """Forced photometry flags a source where the block's primary-beam response is below this."""
+    blend_beams: float = 1.5
+    """Catalogue sources closer than this many beam majors are fitted jointly and flagged as a blend."""
+    reference_min_snr: float = 30.0
+    """A catalogue source is a flux-scale reference when its mosaic SNR reaches this (and it is isolated and clean)."""
+    reference_min_block_snr: float = 10.0
+    """...and a reference counts in a block only where its forced SNR there reaches this."""
+    min_references: int = 5
+    """A block with fewer usable references gets no flux scale (scale 1, flagged) and says so."""
+    reference_clip_sigma: float = 3.0
+    """References whose ratio deviates by more than this many robust sigma are rejected from the scale."""
+    ese_fpr: float = 1e-4
+    """False-alarm probability per source for `contimg ese` (0.1 false candidates per 1000 steady sources)."""
+
+
+@dataclass
 class Config:
     """The effective configuration."""
 
@@ -220,6 +246,7 @@ class Config:
     imaging: ImagingConfig = field(default_factory=ImagingConfig)
     flagging: FlaggingConfig = field(default_factory=FlaggingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
+    survey: SurveyConfig = field(default_factory=SurveyConfig)
     source: dict[str, str] = field(default_factory=dict, repr=False)
     """Where each dotted key's value came from: default, file:PATH or env:VAR."""
     file: Path | None = None
@@ -285,6 +312,7 @@ _SECTIONS = {
     "imaging": ImagingConfig,
     "flagging": FlaggingConfig,
     "calibration": CalibrationConfig,
+    "survey": SurveyConfig,
 }
 _NODE_KEYS = {"subbands", "imaging", "scratch_root"}
 
@@ -578,6 +606,28 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"imaging.primary_beam: {im.primary_beam!r} is not drift or tracking")
     if not 0 <= im.max_bandwidth_smearing < 0.5:
         raise ConfigError("imaging.max_bandwidth_smearing: must be >= 0 and < 0.5 (a fractional peak loss)")
+    validate_survey(cfg.survey)
+
+
+def validate_survey(sv: SurveyConfig) -> None:
+    """Reject inconsistent [survey] values; the message names the key."""
+    for key in ("match_radius_beams", "edge_beams", "blend_beams", "reference_clip_sigma"):
+        if not 0 < getattr(sv, key) <= 100:
+            raise ConfigError(f"survey.{key}: {getattr(sv, key)} must be in (0, 100] (beams or sigma)")
+    if sv.match_radius_beams > 2:
+        raise ConfigError(f"survey.match_radius_beams: {sv.match_radius_beams} beams would merge distinct sources; "
+                          "use at most 2 (default 0.5)")
+    if not 0 < sv.min_pb < 1:
+        raise ConfigError(f"survey.min_pb: {sv.min_pb} must be between 0 and 1 (a primary-beam response)")
+    if sv.catalogue_min_snr < 3 or sv.reference_min_snr < sv.catalogue_min_snr:
+        raise ConfigError("survey.catalogue_min_snr must be >= 3 and survey.reference_min_snr >= it "
+                          f"(have {sv.catalogue_min_snr} and {sv.reference_min_snr})")
+    if sv.reference_min_block_snr < 0:
+        raise ConfigError("survey.reference_min_block_snr: must be >= 0")
+    if sv.min_references < 1:
+        raise ConfigError("survey.min_references: must be >= 1")
+    if not 0 < sv.ese_fpr < 1:
+        raise ConfigError(f"survey.ese_fpr: {sv.ese_fpr} is not a probability; give e.g. 1e-4")
 
 
 # ---------------------------------------------------------------------------
