@@ -450,6 +450,190 @@ def cmd_worker(args) -> int:
     return EXIT_OK
 
 
+# -- survey: catalogue, photometry, light curves, ESE search ---------------------
+
+
+def cmd_catalogue_build(args) -> int:
+    """Blind source finding on a mosaic, merged into the reference catalogue."""
+    from . import catalogue
+
+    cfg = _load_config(args)
+    upd = catalogue.build_from_mosaic(cfg.database_url, args.mosaic, args.noise, settings=cfg.survey)
+    d = upd.as_dict()
+    if args.json:
+        _print_json(d)
+        return EXIT_OK
+    print(f"{d['mosaic']}: {d['n_detections']} detections at SNR >= {cfg.survey.catalogue_min_snr:g}; "
+          f"{d['n_matched']} matched ({d['n_improved']} re-measured), {d['n_new']} new; catalogue "
+          f"{d['n_total']} sources, {d['n_references']} flux-scale references")
+    return EXIT_OK
+
+
+def cmd_catalogue_export(args) -> int:
+    from . import catalogue, products
+
+    cfg = _load_config(args)
+    table = catalogue.catalogue_table(cfg.database_url)
+    if len(table) == 0:
+        raise ContimgError(f"the reference catalogue in {cfg.database_url} is empty; "
+                           "build it with `contimg catalogue build MOSAIC`")
+    out = Path(args.output) if args.output else products.survey_catalogue(cfg.paths.products_root, args.format)
+    from .sourcefind import write_catalogue
+
+    write_catalogue(table, out, args.format)
+    if args.json:
+        _print_json({"path": str(out), "format": args.format, "n_sources": len(table),
+                     "n_references": int(table["is_reference"].sum())})
+    else:
+        print(f"wrote {len(table)} sources ({int(table['is_reference'].sum())} references) to {out}")
+    return EXIT_OK
+
+
+def cmd_photometry(args) -> int:
+    """Forced photometry and flux scale of done blocks (those imaged before the catalogue, or all again)."""
+    from . import database as db
+    from . import survey
+    from .products import check_block_id
+
+    cfg = _load_config(args)
+    url = cfg.database_url
+    if not db.catalogue_sources(url):
+        raise ContimgError(f"no reference catalogue in {url}; build it with `contimg catalogue build MOSAIC`")
+    ids = [check_block_id(b) for b in args.block] if args.block else None
+    if ids:
+        unknown = sorted(set(ids) - {r["block_id"] for r in db.blocks(url, ids)})
+        if unknown:
+            raise KeyError(f"unknown block id(s) {', '.join(unknown)}; `contimg status` lists the known blocks")
+    results = survey.photometer_blocks(url, cfg.paths.products_root, ids, cfg.survey)
+    if args.json:
+        _print_json(results)
+        return EXIT_OK
+    if not results:
+        print(f"no done blocks in {url}; nothing to measure")
+    for r in results:
+        line = f"{r['block_id']}  {r['state']:<8}"
+        if r.get("scale") is not None and r["state"] != "failed":
+            err = f" +- {r['scale_err']:.4f}" if r.get("scale_err") is not None else ""
+            line += (f" {r['n_sources']:>5} sources, scale {r['scale']:.4f}{err} from {r['n_references']} "
+                     f"references ({r['n_rejected']} rejected)")
+        print(line + (f"; {r['reason']}" if r.get("reason") else ""))
+    return EXIT_OK if all(r["state"] != "failed" for r in results) else EXIT_FAILED
+
+
+def cmd_fluxscales(args) -> int:
+    """The recorded per-block flux scales, for audit."""
+    from . import database as db
+
+    cfg = _load_config(args)
+    rows = db.flux_scales(cfg.database_url, args.block)
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no block photometry recorded in {cfg.database_url}; run `contimg photometry`")
+    for r in rows:
+        err = f" +- {r['scale_err']:.4f}" if r["scale_err"] is not None else ""
+        print(f"{r['block_id']}  {r['state']:<8} scale {r['scale']:.4f}{err}  {r['n_references']} references, "
+              f"{r['n_rejected']} rejected ({r['method'] or '-'})" + (f"; {r['reason']}" if r["reason"] else ""))
+        if args.verbose:
+            for rej in (r["details"] or {}).get("rejected", []):
+                print(f"{'':<20}   rejected {rej['name']}: ratio {rej['ratio']}, SNR {rej['snr']}")
+    return EXIT_OK
+
+
+def cmd_lightcurve(args) -> int:
+    """Print one source's light curve and write its PNG plot."""
+    from . import products, survey
+
+    cfg = _load_config(args)
+    table = survey.lightcurve(cfg.database_url, args.source)
+    name = table.meta["source"]
+    png = None
+    if len(table):
+        png = survey.plot_lightcurve(table, Path(args.png) if args.png else
+                                     products.lightcurve_png(cfg.paths.products_root, name))
+    if args.json:
+        _print_json({"source": name, **{k: table.meta[k] for k in ("source_id", "ra_deg", "dec_deg",
+                                                                      "catalogue_flux_jy", "is_reference")},
+                     "png": str(png) if png else None,
+                     "epochs": [{c: (r[c].item() if hasattr(r[c], "item") else r[c]) for c in table.colnames}
+                                for r in table]})
+        return EXIT_OK
+    print(f"{name}  RA {table.meta['ra_deg']:.5f}  Dec {table.meta['dec_deg']:+.5f}  catalogue "
+          f"{1e3 * table.meta['catalogue_flux_jy']:.2f} mJy" + ("  (reference)" if table.meta["is_reference"] else ""))
+    if not len(table):
+        print(f"no photometry of {name} yet; run `contimg photometry` once blocks are imaged")
+        return EXIT_OK
+    print(f"{'block':<20} {'MJD':>12} {'flux mJy':>10} {'err':>8} {'scale':>7} {'pb':>5}  flags")
+    for r in table:
+        flags = ",".join(survey.flag_names(int(r["flags"]))) or "-"
+        print(f"{r['block_id']:<20} {r['mjd']:>12.5f} {1e3 * r['flux']:>10.2f} {1e3 * r['flux_err']:>8.2f} "
+              f"{r['scale']:>7.4f} {r['pb']:>5.2f}  {flags}" + ("" if r["used"] else "  (not used)"))
+    print(f"plot: {png}")
+    return EXIT_OK
+
+
+def cmd_ese(args) -> int:
+    """The survey's ESE candidates from the light curves in the products database."""
+    from . import products, survey
+
+    cfg = _load_config(args)
+    fpr = args.fpr if args.fpr is not None else cfg.survey.ese_fpr
+    cands, curves, n = survey.find_candidates(cfg.database_url, fpr)
+    plot_dir = Path(args.plots) if args.plots else products.survey_directory(cfg.paths.products_root) / "ese"
+    plots = {}
+    for c in cands:
+        table = survey.lightcurve(cfg.database_url, c.source)
+        plots[c.source] = str(survey.plot_lightcurve(table, products.ese_plot_png(plot_dir, c.source), c))
+    if args.json:
+        _print_json([dict(c.as_dict(), rank=i + 1, plot=plots.get(c.source)) for i, c in enumerate(cands)])
+        return EXIT_OK
+    if n == 0:
+        print(f"no light curves in {cfg.database_url}; build the catalogue (`contimg catalogue build`) and run "
+              "`contimg photometry`")
+        return EXIT_OK
+    print(f"{len(cands)} ESE candidate(s) among {n} light curves at false-alarm probability <= {fpr:g} per source")
+    for i, c in enumerate(cands, start=1):
+        print(f"{i:>3}. {c.source}: score {c.score:.1f}, depth {100 * c.depth:.0f} %, duration {c.duration:.1f} d "
+              f"({c.n_epochs} epochs); {c.reason}")
+        print(f"     plot: {plots[c.source]}")
+    return EXIT_OK
+
+
+def _add_survey_parsers(sub) -> None:
+    """catalogue, photometry, fluxscales, lightcurve (``ese`` is set up beside ``ese detect``)."""
+    ca = sub.add_parser("catalogue", help="the survey's reference catalogue")
+    cas = ca.add_subparsers(dest="catalogue_command", metavar="SUBCOMMAND")
+    cb = cas.add_parser("build", help="find the sources of a mosaic and merge them into the catalogue")
+    cb.add_argument("mosaic", help="mosaic image FITS (contimg.mosaic products)")
+    cb.add_argument("--noise", help="its noise-map FITS (default: the mosaic's noise product beside it)")
+    cb.add_argument("--json", action="store_true", help="machine-readable output")
+    cb.set_defaults(func=cmd_catalogue_build)
+    ce = cas.add_parser("export", help="write the catalogue as ECSV or VOTable")
+    ce.add_argument("--format", choices=("ecsv", "votable"), default="ecsv", help="file format (default ecsv)")
+    ce.add_argument("--output", help="file to write (default: products_root/survey/catalogue.sources.*)")
+    ce.add_argument("--json", action="store_true", help="machine-readable output")
+    ce.set_defaults(func=cmd_catalogue_export)
+    ca.set_defaults(func=lambda a: (ca.print_help(), EXIT_USAGE)[1])
+
+    ph = sub.add_parser("photometry", help="forced photometry and flux scale of done blocks")
+    ph.add_argument("--block", action="append", help="only this block id (repeatable; default every done block)")
+    ph.add_argument("--json", action="store_true", help="machine-readable output")
+    ph.set_defaults(func=cmd_photometry)
+
+    fs = sub.add_parser("fluxscales", help="the recorded per-block flux scales (audit)")
+    fs.add_argument("--block", action="append", help="only this block id (repeatable)")
+    fs.add_argument("--verbose", action="store_true", help="list the rejected references")
+    fs.add_argument("--json", action="store_true", help="machine-readable output")
+    fs.set_defaults(func=cmd_fluxscales)
+
+    lc = sub.add_parser("lightcurve", help="print a catalogue source's light curve and plot it")
+    lc.add_argument("source", help="catalogue name, e.g. J095959.9+543600")
+    lc.add_argument("--png", help="plot file (default: products_root/survey/lightcurves/SOURCE.png)")
+    lc.add_argument("--json", action="store_true", help="machine-readable output")
+    lc.set_defaults(func=cmd_lightcurve)
+
+
 # -- parser --------------------------------------------------------------------
 
 
@@ -563,7 +747,11 @@ def build_parser() -> argparse.ArgumentParser:
     dp.add_argument("--json", action="store_true", help="with --once: print the queue counts as JSON")
     dp.set_defaults(func=cmd_dispatch)
 
-    es = sub.add_parser("ese", help="extreme-scattering-event search")
+    es = sub.add_parser("ese", help="extreme-scattering-event candidates of the survey (or `ese detect TABLE`)")
+    es.add_argument("--fpr", type=float, default=None,
+                    help="false-alarm probability per source (default survey.ese_fpr, 1e-4)")
+    es.add_argument("--plots", help="directory for the candidates' light-curve plots (default products_root/survey/ese)")
+    es.add_argument("--json", action="store_true", help="machine-readable output")
     ess = es.add_subparsers(dest="ese_command", metavar="SUBCOMMAND")
     ed = ess.add_parser("detect", help="find dips in a light-curve table (columns source, time, flux, flux_err)")
     ed.add_argument("table", help="CSV or ECSV light-curve table")
@@ -571,7 +759,8 @@ def build_parser() -> argparse.ArgumentParser:
     ed.add_argument("--plots", help="directory for one PNG light-curve plot per candidate")
     ed.add_argument("--json", action="store_true", help="machine-readable output")
     ed.set_defaults(func=cmd_ese_detect)
-    es.set_defaults(func=lambda a: (es.print_help(), EXIT_USAGE)[1])
+    es.set_defaults(func=cmd_ese)
+    _add_survey_parsers(sub)
 
     w = sub.add_parser("worker", help="start a Celery worker for one node's queue")
     w.add_argument("--node", required=True, help="node name from the node map")

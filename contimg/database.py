@@ -346,3 +346,179 @@ def caltables_near(url: str, subband: int, mid_jd: float) -> list[dict[str, Any]
                                       CaltableRow.valid_to_jd >= mid_jd).order_by(CaltableRow.time_jd)
         return [{"block_id": r.block_id, "subband": r.subband, "bandpass": r.bandpass, "gain": r.gain,
                  "calibrator": r.calibrator, "time_jd": r.time_jd} for r in s.scalars(q)]
+
+
+# -- survey science: reference catalogue, forced photometry, flux scales ------------
+# (docs/survey.md; written by contimg.catalogue and contimg.survey)
+
+PHOT_OK, PHOT_SKIPPED, PHOT_NO_SCALE, PHOT_FAILED = "ok", "skipped", "no_scale", "failed"
+
+
+class SourceRow(Base):
+    """One source of the survey's reference catalogue (from blind finding on deep mosaics)."""
+
+    __tablename__ = "sources"
+
+    source_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(32), unique=True, index=True)
+    """``J{HHMMSS.s}{+DDMMSS}`` from the position when first catalogued; never changes."""
+    ra_deg: Mapped[float] = mapped_column(Float)
+    dec_deg: Mapped[float] = mapped_column(Float, index=True)
+    ra_err_arcsec: Mapped[float | None] = mapped_column(Float, default=None)
+    dec_err_arcsec: Mapped[float | None] = mapped_column(Float, default=None)
+    flux_jy: Mapped[float] = mapped_column(Float)
+    """Peak flux density on the deepest mosaic that saw it (Jy/beam = Jy for a point source)."""
+    flux_err_jy: Mapped[float | None] = mapped_column(Float, default=None)
+    snr: Mapped[float | None] = mapped_column(Float, default=None)
+    first_seen: Mapped[str] = mapped_column(String(80))
+    """Mosaic id (or image path) of the first detection."""
+    best_mosaic: Mapped[str] = mapped_column(String(80))
+    """Mosaic whose measurement the row holds (the smallest flux error so far)."""
+    n_detections: Mapped[int] = mapped_column(Integer, default=1)
+    is_reference: Mapped[bool] = mapped_column(default=False, index=True)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class PhotometryRow(Base):
+    """Forced photometry of one catalogue source in one block image."""
+
+    __tablename__ = "photometry"
+
+    source_id: Mapped[int] = mapped_column(ForeignKey("sources.source_id"), primary_key=True)
+    block_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    mjd: Mapped[float] = mapped_column(Float, index=True)
+    flux_jy: Mapped[float | None] = mapped_column(Float, default=None)
+    """Primary-beam corrected flux divided by the block's flux scale."""
+    flux_err_jy: Mapped[float | None] = mapped_column(Float, default=None)
+    """Its error: local noise and the scale's error in quadrature."""
+    raw_flux_jy: Mapped[float | None] = mapped_column(Float, default=None)
+    """Primary-beam corrected flux before the flux scale."""
+    raw_flux_err_jy: Mapped[float | None] = mapped_column(Float, default=None)
+    scale: Mapped[float] = mapped_column(Float, default=1.0)
+    """The block's flux scale applied (flux = raw_flux / scale)."""
+    pb: Mapped[float | None] = mapped_column(Float, default=None)
+    snr: Mapped[float | None] = mapped_column(Float, default=None)
+    local_rms_jy: Mapped[float | None] = mapped_column(Float, default=None)
+    flags: Mapped[int] = mapped_column(Integer, default=0)
+    """Bits of contimg.forced (edge, low pb, blend, few pixels) and contimg.survey (no scale)."""
+
+
+class FluxScaleRow(Base):
+    """Photometry of one block: its relative flux scale and how it was obtained (for audit)."""
+
+    __tablename__ = "flux_scales"
+
+    block_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    """ok | no_scale (too few references) | skipped (no catalogue) | failed."""
+    reason: Mapped[str | None] = mapped_column(Text, default=None)
+    mjd: Mapped[float | None] = mapped_column(Float, default=None)
+    image_path: Mapped[str | None] = mapped_column(Text, default=None)
+    n_sources: Mapped[int] = mapped_column(Integer, default=0)
+    n_references: Mapped[int] = mapped_column(Integer, default=0)
+    """References usable in this block (clean, above reference_min_block_snr)."""
+    n_rejected: Mapped[int] = mapped_column(Integer, default=0)
+    scale: Mapped[float] = mapped_column(Float, default=1.0)
+    scale_err: Mapped[float | None] = mapped_column(Float, default=None)
+    method: Mapped[str | None] = mapped_column(String(64), default=None)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    """Rejected references (name, ratio), the robust dispersion, settings used."""
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+_SOURCE_FIELDS = ("name", "ra_deg", "dec_deg", "ra_err_arcsec", "dec_err_arcsec", "flux_jy", "flux_err_jy", "snr",
+                  "first_seen", "best_mosaic", "n_detections", "is_reference", "details")
+
+
+def source_dict(row: SourceRow) -> dict[str, Any]:
+    return {"source_id": row.source_id, **{k: getattr(row, k) for k in _SOURCE_FIELDS},
+            "created_at": _iso(row.created_at), "updated_at": _iso(row.updated_at)}
+
+
+def catalogue_sources(url: str, *, reference_only: bool = False, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Catalogue sources as dicts, ordered by source id."""
+    with session(url) as s:
+        q = select(SourceRow).order_by(SourceRow.source_id)
+        if reference_only:
+            q = q.where(SourceRow.is_reference.is_(True))
+        if names is not None:
+            q = q.where(SourceRow.name.in_(names))
+        return [source_dict(r) for r in s.scalars(q)]
+
+
+def write_sources(url: str, updates: list[dict[str, Any]], new: list[dict[str, Any]]) -> list[int]:
+    """Update catalogue rows (dicts with ``source_id``) and add new ones; returns the new ids."""
+    with session(url) as s:
+        for u in updates:
+            row = s.get(SourceRow, u["source_id"])
+            for k, v in u.items():
+                if k != "source_id":
+                    setattr(row, k, v)
+        rows = [SourceRow(**{k: v for k, v in n.items() if k in _SOURCE_FIELDS}) for n in new]
+        s.add_all(rows)
+        s.flush()
+        return [r.source_id for r in rows]
+
+
+def set_references(url: str, reference_ids: set[int]) -> None:
+    """Make exactly ``reference_ids`` the flux-scale references."""
+    with session(url) as s:
+        for row in s.scalars(select(SourceRow)):
+            row.is_reference = row.source_id in reference_ids
+
+
+def record_block_photometry(url: str, block_id: str, rows: list[dict[str, Any]], **scale: Any) -> None:
+    """Replace the photometry of a block and record its flux scale, in one transaction.
+
+    A rerun of the block leaves the same rows, never a mixture of two runs.
+    """
+    from sqlalchemy import delete, insert
+
+    with session(url) as s:
+        s.execute(delete(PhotometryRow).where(PhotometryRow.block_id == block_id))
+        if rows:
+            s.execute(insert(PhotometryRow), [dict(r, block_id=block_id) for r in rows])
+        _upsert_flux_scale(s, block_id, scale)
+
+
+def record_flux_scale(url: str, block_id: str, **values: Any) -> None:
+    """Record (or re-record) a block's photometry state without touching its photometry rows."""
+    with session(url) as s:
+        _upsert_flux_scale(s, block_id, values)
+
+
+def _upsert_flux_scale(s: Session, block_id: str, values: dict[str, Any]) -> None:
+    row = s.get(FluxScaleRow, block_id)
+    if row is None:
+        row = FluxScaleRow(block_id=block_id, state=values.get("state", PHOT_OK), details={})
+        s.add(row)
+    for k, v in values.items():
+        setattr(row, k, v)
+
+
+def flux_scales(url: str, block_ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """Recorded flux scales (and skipped or failed photometry), ordered by block id."""
+    cols = ("block_id", "state", "reason", "mjd", "image_path", "n_sources", "n_references", "n_rejected", "scale",
+            "scale_err", "method", "details")
+    with session(url) as s:
+        q = select(FluxScaleRow).order_by(FluxScaleRow.block_id)
+        if block_ids is not None:
+            q = q.where(FluxScaleRow.block_id.in_(block_ids))
+        return [{**{k: getattr(r, k) for k in cols}, "updated_at": _iso(r.updated_at)} for r in s.scalars(q)]
+
+
+PHOTOMETRY_COLUMNS = ("source_id", "block_id", "mjd", "flux_jy", "flux_err_jy", "raw_flux_jy", "raw_flux_err_jy",
+                      "scale", "pb", "snr", "local_rms_jy", "flags")
+
+
+def photometry_rows(url: str, source_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """Photometry rows with the source name, ordered by source and time (the light curves)."""
+    with session(url) as s:
+        q = (select(SourceRow.name, *[getattr(PhotometryRow, c) for c in PHOTOMETRY_COLUMNS])
+             .join(SourceRow, SourceRow.source_id == PhotometryRow.source_id)
+             .order_by(PhotometryRow.source_id, PhotometryRow.mjd))
+        if source_ids is not None:
+            q = q.where(PhotometryRow.source_id.in_(source_ids))
+        return [dict(zip(("name",) + PHOTOMETRY_COLUMNS, r)) for r in s.execute(q)]

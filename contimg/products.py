@@ -14,6 +14,9 @@ mosaic products     ``{products_root}/mosaics/{date}/{mosaic_id}/``:
                     ``{mosaic_id}.image.fits``, ``.noise.fits``, ``.weight.fits``,
                     ``{mosaic_id}.image.png`` (quicklook),
                     ``{mosaic_id}.sources.ecsv`` and ``.sources.vot`` (catalogue)
+survey products     ``{products_root}/survey/``: ``catalogue.sources.ecsv`` and ``.sources.vot``
+                    (the reference catalogue exported from the database),
+                    ``lightcurves/{source}.png``, ``ese/{source}.png`` (plots)
 
 A block id is the timestamp of the earliest subband file of the block
 (``YYYY-MM-DDTHH:MM:SS``), because the 16 files of a block do not share one.
@@ -297,3 +300,48 @@ def mosaic_products(products_root: str | Path, mosaic_id_: str) -> MosaicProduct
             "build it with contimg.products.mosaic_id"
         )
     return MosaicProducts(Path(products_root) / "mosaics" / block_date(parsed[1]) / mosaic_id_, mosaic_id_)
+
+
+def parse_mosaic_fits(path: str | Path) -> tuple[str, str] | None:
+    """``(mosaic_id, kind)`` of a mosaic FITS product path, or None when it is not one."""
+    name = Path(path).name
+    for kind in MOSAIC_KINDS:
+        suffix = f".{kind}.fits"
+        if name.endswith(suffix) and parse_mosaic_id(name[: -len(suffix)]) is not None:
+            return name[: -len(suffix)], kind
+    return None
+
+
+# -- survey: reference catalogue, light curves, ESE plots ------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9+\-_.]")
+
+
+def survey_directory(products_root: str | Path) -> Path:
+    """Products of the survey as a whole (not of one block or mosaic)."""
+    return Path(products_root) / "survey"
+
+
+def survey_catalogue(products_root: str | Path, fmt: str = "ecsv") -> Path:
+    """The reference catalogue exported from the products database, in ``fmt`` (``ecsv`` or ``votable``)."""
+    if fmt not in CATALOGUE_FORMATS:
+        raise ValueError(f"catalogue format {fmt!r} is not one of {', '.join(CATALOGUE_FORMATS)}")
+    return survey_directory(products_root) / f"catalogue.{CATALOGUE_FORMATS[fmt]}"
+
+
+def source_file_stem(source_name: str) -> str:
+    """A source name made safe as a file name (``J095959.9+543600`` stays as it is)."""
+    stem = _UNSAFE.sub("_", str(source_name))
+    if not stem or stem.startswith("."):
+        stem = "_" + stem
+    return stem
+
+
+def lightcurve_png(products_root: str | Path, source_name: str) -> Path:
+    """Default light-curve plot of a catalogue source."""
+    return survey_directory(products_root) / "lightcurves" / f"{source_file_stem(source_name)}.png"
+
+
+def ese_plot_png(directory: str | Path, source_name: str) -> Path:
+    """Light-curve plot of an ESE candidate in ``directory`` (default ``survey/ese``)."""
+    return Path(directory) / f"{source_file_stem(source_name)}.png"

@@ -102,4 +102,10 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         notes.append(f"imaged from {len(ok)} of 16 subbands ({failures})")
     if uncalibrated:
         notes.append("UNCALIBRATED: no valid caltables for " + ",".join(f"sb{sb:02d}" for sb in uncalibrated))
-    return finish(db.DONE, "; ".join(notes) or None, image=info)
+    # Forced photometry of the reference catalogue (skipped, and recorded so, while there is none);
+    # it never fails the block (docs/survey.md).
+    from ..survey import photometer_after_imaging
+
+    phot = photometer_after_imaging(url, block_id, info["fits"].get("image"), info["fits"].get("pb"), cfg.survey)
+    timings["photometry_s"] = phot.get("seconds", 0.0)
+    return finish(db.DONE, "; ".join(notes) or None, image=info, photometry=phot)
