@@ -60,6 +60,11 @@ class BrokerConfig:
     """Chord counters and results live this long; far above the longest chord wait."""
     task_time_limit_s: int = 1200
     """Hard limit per task: a hung task is killed and recorded."""
+    worker_max_memory_mb: int = 8192
+    """A worker's pool process is replaced after a task leaves it above this resident size
+    (CASA grows slowly); replacing it after every N tasks instead cost seconds per N tasks."""
+    task_events: bool = True
+    """Workers send task events (Flower's live view needs them)."""
 
 
 @dataclass
@@ -561,6 +566,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"broker.url: {b.url!r} is not a redis:// URL")
     if b.task_time_limit_s <= 0:
         raise ConfigError("broker.task_time_limit_s: must be > 0")
+    if b.worker_max_memory_mb < 256:
+        raise ConfigError("broker.worker_max_memory_mb: must be >= 256 (MB); CASA alone needs more")
     if b.visibility_timeout_s <= b.task_time_limit_s:
         raise ConfigError(
             f"broker.visibility_timeout_s: {b.visibility_timeout_s} s must exceed broker.task_time_limit_s "

@@ -35,37 +35,23 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import make_config
 
 from contimg import database as db
-from contimg.products import subband_filename
-
-from conftest import make_config
 
 pytestmark = pytest.mark.slow
 
 DATE = "2025-10-05"
 
 
-def noop_night(data: Path, n_blocks: int, *, skip=(), empty=(), start="03:00:00") -> list[str]:
-    """Subband files for the no-op stage set (named right, any content); returns block ids.
+def noop_night(data: Path, n_blocks: int, *, skip=(), empty=()) -> list[str]:
+    """Subband files for the no-op stage set; ``skip``/``empty``: (block index, subband) pairs."""
+    from contimg.noop import write_night
 
-    ``skip`` and ``empty`` hold (block index, subband) pairs to leave out or truncate to 0 bytes.
-    """
-    data.mkdir(parents=True, exist_ok=True)
-    t0 = datetime.fromisoformat(f"{DATE}T{start}")
-    ids = []
-    for b in range(n_blocks):
-        ts = t0 + timedelta(seconds=309 * b)
-        ids.append(ts.strftime("%Y-%m-%dT%H:%M:%S"))
-        for sb in range(16):
-            if (b, sb) in skip:
-                continue
-            (data / subband_filename(ts, sb)).write_bytes(b"" if (b, sb) in empty else b"no-op subband\n")
-    return ids
+    return write_night(data, DATE, n_blocks, skip=skip, empty=empty)
 
 
 def submit_night(cfg):
@@ -84,7 +70,7 @@ def cli_json(cluster, *args) -> dict | list:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CONTIMG_")}
     env["CONTIMG_CONFIG"] = str(cluster.config_path)
     r = subprocess.run([sys.executable, "-m", "contimg.cli", *args, "--json"], capture_output=True, text=True,
-                       env=env, timeout=120)
+                       env=env, timeout=120, check=False)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -104,7 +90,7 @@ def test_sigkill_worker_mid_convert(tmp_path):
     cfg = make_config(tmp_path, tmp_path / "data", flagging__strategy="none")
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         cfg = cl.config
-        run_id, ids = submit_night(cfg)
+        _, ids = submit_night(cfg)
         assert len(ids) == 2
         killed = []
 
@@ -153,7 +139,7 @@ def test_redis_restart_mid_night(tmp_path):
                       dispatch__max_inflight_per_node=2, dispatch__node_check_s=0)
     with LocalCluster(cfg, tmp_path / "cluster", appendonly=True) as cl:
         cfg = cl.config
-        run_id, queued = submit_night(cfg)
+        _, queued = submit_night(cfg)
         assert queued == ids
         outage, result = {}, {}
 
@@ -225,7 +211,7 @@ def test_node_down_blocks_wait_then_complete(tmp_path):
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         cfg = cl.config
         cl.stop_worker("node2")
-        _, queued = submit_night(cfg)
+        submit_night(cfg)
         disp = Dispatcher(cfg)
         t0 = time.monotonic()
         while time.monotonic() - t0 < 35:  # longer than the lease
@@ -257,7 +243,7 @@ def test_hung_task_ends_at_time_limit(tmp_path):
     from contimg.cluster import LocalCluster
     from contimg.pipeline import wait
 
-    ids = noop_night(tmp_path / "data" / DATE, 1)
+    noop_night(tmp_path / "data" / DATE, 1)
     cfg = make_config(tmp_path, tmp_path / "data", stage_set="noop", noop_seconds=60,
                       broker__task_time_limit_s=6, dispatch__lease_s=30, dispatch__node_check_s=0)
     with LocalCluster(cfg, tmp_path / "cluster") as cl:

@@ -45,16 +45,16 @@ def celery_settings(cfg: _config.Config) -> dict:
         result_expires=b.result_expires_s,
         task_time_limit=b.task_time_limit_s,
         task_soft_time_limit=soft_time_limit_s(cfg),
-        task_track_started=True,
+        task_track_started=False,  # the products database and the task events (Flower) say it; one backend write less per task
         task_default_queue="contimg-unrouted",  # every task is routed; a message here is a bug
-        worker_max_tasks_per_child=50,  # CASA-heavy processes grow slowly
+        worker_max_memory_per_child=b.worker_max_memory_mb * 1024,  # KiB; CASA-heavy processes grow slowly
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a restarting Redis must not end the worker
         result_backend_always_retry=True,  # results and chord counters survive a Redis restart
         result_backend_max_retries=30,
         worker_hijack_root_logger=False,
-        worker_send_task_events=True,  # Flower
-        task_send_sent_event=True,
+        worker_send_task_events=b.task_events,  # Flower
+        task_send_sent_event=b.task_events,
     )
 
 

@@ -49,9 +49,8 @@ def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
     url = cfg.database_url
     attempt = self.request.retries + 1
     t0 = time.monotonic()
-    db.upsert_subband(url, block_id, subband, state=db.SB_RUNNING, path=uvh5_path, node=node,
+    db.upsert_subband(url, block_id, subband, block_running=True, state=db.SB_RUNNING, path=uvh5_path, node=node,
                       attempts=attempt, reason=None)
-    db.mark_block_running(url, block_id)
 
     def failed(reason: str) -> dict:
         secs = time.monotonic() - t0

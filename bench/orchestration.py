@@ -1,0 +1,124 @@
+"""Overhead of orchestration per block: chords, dispatch and database updates (issue 5).
+
+    .venv/bin/python bench/orchestration.py [--blocks 100] [--k 4] [--out DIR]
+
+A night of ``--blocks`` blocks of 16 subbands runs on a private local cluster
+(a real redis-server and two worker processes: node1 holds sb00-07 and images,
+node2 holds sb08-15) with the no-op stage set (``pipeline.stage_set = "noop"``,
+0 s per stage): every subband task still checks its lease, records its state
+in the products database and returns its result to the chord, and every
+callback records the block and frees its slot; only the science is gone. So
+the wall time per block is the orchestration's overhead.
+
+Two ways in the same run, on the same cluster, each on its own copy of the night:
+
+- baseline: every block's chord sent at once, no work queue, no leases
+  (the flood that dynamic dispatch exists to avoid);
+- dispatch: ``contimg submit night`` semantics: a recorded run, blocks in the
+  Redis work queue, at most K blocks in flight per imaging node, leases.
+
+Prints both, the ratio, and last ``ms_per_block=...`` for dispatch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from pathlib import Path
+
+from contimg import config as _config
+from contimg import database as db
+from contimg.blocks import discover
+from contimg.cluster import LocalCluster
+from contimg.noop import write_night
+from contimg.pipeline import build_chord, block_spec, wait
+from contimg.submission import select_night, submit_selection
+
+DATE_BASELINE, DATE_DISPATCH = "2025-10-05", "2025-10-06"
+
+
+def make_config(base: Path, k: int) -> _config.Config:
+    env = {
+        "CONTIMG_PATHS__DATA_ROOT": str(base / "data"),
+        "CONTIMG_PATHS__PRODUCTS_ROOT": str(base / "products"),
+        "CONTIMG_PATHS__ARCHIVE_ROOT": str(base / "archive"),
+        "CONTIMG_PATHS__SCRATCH_ROOT": str(base / "scratch"),
+        "CONTIMG_PIPELINE__STAGE_SET": "noop",
+        "CONTIMG_PIPELINE__NOOP_SECONDS": "0",
+        "CONTIMG_DISPATCH__MAX_INFLIGHT_PER_NODE": str(k),
+        "CONTIMG_DISPATCH__POLL_S": "0.05",
+        "CONTIMG_DISPATCH__NODE_CHECK_S": "0",
+    }
+    return _config.load(path=None, env=env)
+
+
+def run_baseline(cfg: _config.Config, data_dir: Path) -> tuple[float, int]:
+    """All chords at once, without the work queue; returns (wall s, blocks done)."""
+    blocks = discover(data_dir).blocks
+    url = cfg.database_url
+    t0 = time.perf_counter()
+    for b in blocks:
+        db.upsert_block(url, b.block_id, state=db.QUEUED, data_dir=str(data_dir), mid_jd=b.mid_jd,
+                        n_subbands_found=len(b.files), submitted_at=db.utcnow())
+        build_chord(cfg, block_spec(b, data_dir), cfg.imaging_nodes()[0].name).apply_async()
+    recs = wait(cfg, [b.block_id for b in blocks], poll_s=0.05, timeout_s=3600)
+    return time.perf_counter() - t0, sum(r["state"] == db.DONE for r in recs)
+
+
+def run_dispatch(cfg: _config.Config, date: str) -> tuple[float, int, str]:
+    """A recorded run through the work queue; returns (wall s, blocks done, run id)."""
+    t0 = time.perf_counter()
+    res = submit_selection(cfg, select_night(cfg, date))
+    ids = [s.block_id for s in res.submitted if s.outcome == "queued"]
+    recs = wait(cfg, ids, poll_s=cfg.dispatch.poll_s, timeout_s=3600)
+    return time.perf_counter() - t0, sum(r["state"] == db.DONE for r in recs), res.run_id
+
+
+def count_db_writes(db_path: Path) -> dict[str, int]:
+    con = sqlite3.connect(db_path)
+    try:
+        return {t: con.execute(f"select count(*) from {t}").fetchone()[0] for t in ("blocks", "subbands")}
+    finally:
+        con.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--blocks", type=int, default=100, help="blocks per night (default 100)")
+    ap.add_argument("--k", type=int, default=4, help="dispatch.max_inflight_per_node (default 4)")
+    ap.add_argument("--out", type=Path, default=None, help="working directory (default: a new temporary one)")
+    args = ap.parse_args()
+    base = args.out or Path(tempfile.mkdtemp(prefix="contimg-orchestration-"))
+    for date in (DATE_BASELINE, DATE_DISPATCH):
+        write_night(base / "data" / date, date, args.blocks)
+    cfg = make_config(base, args.k)
+    n_tasks = args.blocks * 17
+    print(f"# {args.blocks} blocks x 16 subbands ({n_tasks} tasks with the callbacks) per night; "
+          f"2 worker processes (node1 sb00-07 + imaging, node2 sb08-15, concurrency 1 each); "
+          f"no-op stages of 0 s; K={args.k}; SQLite products database; {os.cpu_count()} cores; in {base}")
+    with LocalCluster(cfg, base / "cluster") as cl:
+        wall_b, done_b = run_baseline(cl.config, base / "data" / DATE_BASELINE)
+        cl.wait_idle(120)
+        wall_d, done_d, run_id = run_dispatch(cl.config, DATE_DISPATCH)
+        cl.wait_idle(120)
+    rows = count_db_writes(Path(str(cfg.database_url).removeprefix("sqlite:///")))
+    ms_b = 1e3 * wall_b / args.blocks
+    ms_d = 1e3 * wall_d / args.blocks
+    print(f"{'method':<34} {'blocks done':>11} {'wall s':>8} {'ms/block':>9} {'ms/task':>8}")
+    print(f"{'baseline: all chords at once':<34} {done_b:>11} {wall_b:>8.2f} {ms_b:>9.1f} "
+          f"{1e3 * wall_b / n_tasks:>8.2f}")
+    print(f"{'dispatch: work queue, K, leases':<34} {done_d:>11} {wall_d:>8.2f} {ms_d:>9.1f} "
+          f"{1e3 * wall_d / n_tasks:>8.2f}")
+    print(f"# dispatch / baseline = {wall_d / wall_b:.2f}; run {run_id}; database rows: {rows}")
+    print("# target: <= 50 ms per block on this machine")
+    if args.out is None:
+        shutil.rmtree(base, ignore_errors=True)
+    print(f"ms_per_block={ms_d:.1f}")
+
+
+if __name__ == "__main__":
+    main()
