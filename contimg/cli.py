@@ -52,7 +52,9 @@ def cmd_config_show(args) -> int:
 
 
 def _redact(key: str, value):
-    """Hide passwords in URLs when printing."""
+    """Hide passwords in URLs and Flower's credentials when printing."""
+    if key == "flower.basic_auth" and value:
+        return ",".join(pair.split(":", 1)[0] + ":***" for pair in str(value).split(","))
     if isinstance(value, str) and "://" in value and "@" in value:
         scheme, rest = value.split("://", 1)
         cred, host = rest.rsplit("@", 1)
@@ -634,6 +636,19 @@ def _add_survey_parsers(sub) -> None:
     lc.set_defaults(func=cmd_lightcurve)
 
 
+def cmd_flower(args) -> int:
+    """Start Flower against the configured broker, with basic auth when configured."""
+    from .monitoring import exec_flower, flower_command
+
+    cfg = _load_config(args)
+    argv, env = flower_command(cfg, port=args.port, address=args.address)  # validates before printing
+    auth = "basic auth on" if "FLOWER_BASIC_AUTH" in env else "no password (loopback only)"
+    print(f"Flower on http://{args.address or cfg.flower.address}:{args.port or cfg.flower.port}/ "
+          f"({auth}); broker {_redact('broker.url', cfg.broker.url)}", flush=True)
+    exec_flower(cfg, port=args.port, address=args.address)
+    return EXIT_OK  # not reached
+
+
 # -- parser --------------------------------------------------------------------
 
 
@@ -767,6 +782,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1, help="worker processes (CASA: one call per process)")
     w.add_argument("--loglevel", default="INFO", help="Celery log level")
     w.set_defaults(func=cmd_worker)
+
+    fl = sub.add_parser("flower", help="start Flower (the Celery monitor) against the broker")
+    fl.add_argument("--port", type=int, help="port (default: flower.port, 5555)")
+    fl.add_argument("--address", help="listen address (default: flower.address, 127.0.0.1)")
+    fl.set_defaults(func=cmd_flower)
     return p
 
 

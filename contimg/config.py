@@ -239,6 +239,21 @@ class SurveyConfig:
 
 
 @dataclass
+class FlowerConfig:
+    """Flower, the Celery monitor (``contimg flower``; docs/deployment.md)."""
+
+    address: str = "127.0.0.1"
+    """Address Flower listens on; anything but loopback requires ``basic_auth``."""
+    port: int = 5555
+    """Port Flower listens on."""
+    basic_auth: str = ""
+    """``user:password`` (several separated by commas); put it in the environment
+    (``CONTIMG_FLOWER__BASIC_AUTH``), not in a shared file."""
+    url_prefix: str = ""
+    """Path prefix when Flower sits behind a reverse proxy (``flower``)."""
+
+
+@dataclass
 class Config:
     """The effective configuration."""
 
@@ -252,6 +267,7 @@ class Config:
     flagging: FlaggingConfig = field(default_factory=FlaggingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     survey: SurveyConfig = field(default_factory=SurveyConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
     source: dict[str, str] = field(default_factory=dict, repr=False)
     """Where each dotted key's value came from: default, file:PATH or env:VAR."""
     file: Path | None = None
@@ -318,6 +334,7 @@ _SECTIONS = {
     "flagging": FlaggingConfig,
     "calibration": CalibrationConfig,
     "survey": SurveyConfig,
+    "flower": FlowerConfig,
 }
 _NODE_KEYS = {"subbands", "imaging", "scratch_root"}
 
@@ -614,6 +631,14 @@ def validate(cfg: Config) -> None:
     if not 0 <= im.max_bandwidth_smearing < 0.5:
         raise ConfigError("imaging.max_bandwidth_smearing: must be >= 0 and < 0.5 (a fractional peak loss)")
     validate_survey(cfg.survey)
+    fl = cfg.flower
+    if not 0 < fl.port < 65536:
+        raise ConfigError(f"flower.port: {fl.port} is not a TCP port")
+    if fl.basic_auth and any(":" not in pair or not pair.split(":", 1)[1] for pair in fl.basic_auth.split(",")):
+        raise ConfigError("flower.basic_auth: give user:password (several separated by commas)")
+    if fl.address not in ("127.0.0.1", "localhost", "::1") and not fl.basic_auth:
+        raise ConfigError(f"flower.address: {fl.address} is reachable from other machines; set flower.basic_auth "
+                          "(user:password) or listen on 127.0.0.1")
 
 
 def validate_survey(sv: SurveyConfig) -> None:

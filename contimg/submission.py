@@ -163,8 +163,7 @@ def submit_selection(cfg: Config, sel: Selection, *, force: bool = False, dry_ru
         return RunResult(None, sel, subs)
     run_id = new_run_id(sel.kind)
     db.create_run(cfg.database_url, run_id, kind=sel.kind, selection=sel.description,
-                  submitted_by=who or _whoami(), config_toml=_config.to_toml(run_cfg).replace(
-                      cfg.broker.url, _redacted(cfg.broker.url)) if cfg.broker.url else _config.to_toml(run_cfg),
+                  submitted_by=who or _whoami(), config_toml=_run_config_toml(run_cfg),
                   remap={f"sb{k:02d}": v for k, v in remap.items()}, block_ids=[b.block_id for b in sel.blocks])
     subs = submit(run_cfg, sel.blocks, sel.data_dir, force=force, run_id=run_id,
                   node_of={sb: run_cfg.node_for_subband(sb).name for sb in range(N_SUBBANDS)} if remap else None)
@@ -204,6 +203,16 @@ def _whoami() -> str:
         return getpass.getuser()
     except Exception:  # no passwd entry in some containers
         return "unknown"
+
+
+def _run_config_toml(cfg: Config) -> str:
+    """The effective configuration recorded with a run, without its secrets."""
+    text = _config.to_toml(cfg)
+    if cfg.broker.url:
+        text = text.replace(cfg.broker.url, _redacted(cfg.broker.url))
+    if cfg.flower.basic_auth:
+        text = text.replace(cfg.flower.basic_auth, "***")
+    return text
 
 
 def _redacted(url: str) -> str:
