@@ -80,11 +80,11 @@ class CatalogueUpdate:
 def source_name(ra_deg: float, dec_deg: float) -> str:
     """IAU-style name ``J{HHMMSS.s}{+DDMMSS}``, truncated (not rounded), e.g. ``J095959.9+543600``."""
     ra_s = (ra_deg % 360.0) / 15.0 * 3600.0
-    ra_ds = int(math.floor(ra_s * 10 + 1e-6))  # tenths of a second of time
+    ra_ds = math.floor(ra_s * 10 + 1e-6)  # tenths of a second of time
     hh, rem = divmod(ra_ds, 36000)
     mm, rem = divmod(rem, 600)
     sign = "-" if dec_deg < 0 else "+"
-    dec_as = int(math.floor(abs(dec_deg) * 3600.0 + 1e-6))
+    dec_as = math.floor(abs(dec_deg) * 3600.0 + 1e-6)
     dd, rem2 = divmod(dec_as, 3600)
     dm, ds = divmod(rem2, 60)
     return f"J{hh:02d}{mm:02d}{rem // 10:02d}.{rem % 10:d}{sign}{dd:02d}{dm:02d}{ds:02d}"
@@ -115,7 +115,7 @@ def _unit(ra, dec) -> np.ndarray:
 
 
 def build_from_mosaic(url: str, image_fits: str | Path, noise_fits: str | Path | None = None, *,
-                      settings: SurveyConfig = SurveyConfig(), finder: FinderSettings = FinderSettings(),
+                      settings: SurveyConfig | None = None, finder: FinderSettings = FinderSettings(),
                       mosaic: str | None = None) -> CatalogueUpdate:
     """Find the sources of a mosaic and merge them into the reference catalogue.
 
@@ -132,6 +132,7 @@ def build_from_mosaic(url: str, image_fits: str | Path, noise_fits: str | Path |
         Label recorded as first_seen / best_mosaic; default the mosaic id
         (or the file name).
     """
+    settings = settings if settings is not None else SurveyConfig()
     from .sourcefind import find_sources_fits
 
     image_fits = Path(image_fits)
@@ -148,8 +149,9 @@ def build_from_mosaic(url: str, image_fits: str | Path, noise_fits: str | Path |
 
 
 def merge_detections(url: str, table, mosaic: str, beam_major_deg: float,
-                     settings: SurveyConfig = SurveyConfig()) -> CatalogueUpdate:
+                     settings: SurveyConfig | None = None) -> CatalogueUpdate:
     """Merge a finder table (:data:`contimg.sourcefind.COLUMNS`) into the catalogue (module docstring)."""
+    settings = settings if settings is not None else SurveyConfig()
     snr = np.asarray(table["snr"], float) if len(table) else np.zeros(0)
     keep = np.flatnonzero(snr >= settings.catalogue_min_snr)
     # Brightest first, so a clash of two detections over one source keeps the brighter as the match.
@@ -209,8 +211,9 @@ def _unique_name(name: str, taken: set[str]) -> str:
     raise PermanentError(f"more than 26 catalogue sources named {name}; the positions are duplicated")
 
 
-def select_references(url: str, settings: SurveyConfig = SurveyConfig()) -> int:
+def select_references(url: str, settings: SurveyConfig | None = None) -> int:
     """Re-select the flux-scale references over the whole catalogue; returns how many."""
+    settings = settings if settings is not None else SurveyConfig()
     cat = db.catalogue_sources(url)
     if not cat:
         return 0
@@ -236,8 +239,9 @@ def select_references(url: str, settings: SurveyConfig = SurveyConfig()) -> int:
     return len(refs)
 
 
-def mark_variable(url: str, names: list[str], variable: bool = True, settings: SurveyConfig = SurveyConfig()) -> int:
+def mark_variable(url: str, names: list[str], variable: bool = True, settings: SurveyConfig | None = None) -> int:
     """Mark sources as variable (or not): variable sources are never references. Returns the reference count."""
+    settings = settings if settings is not None else SurveyConfig()
     found = db.catalogue_sources(url, names=names)
     missing = sorted(set(names) - {s["name"] for s in found})
     if missing:

@@ -266,7 +266,7 @@ def measure(block: BlockImage, ra_deg, dec_deg, settings: ForcedSettings = Force
     flags[sel] |= np.where(~(pb_at[sel] >= settings.min_pb), LOW_PB, 0)
 
     # The fit stencil (integer offsets around the nearest pixel) and the pixel correlation R.
-    r = int(math.ceil(settings.fit_radius_beams * bmaj_pix)) + 1
+    r = math.ceil(settings.fit_radius_beams * bmaj_pix) + 1
     oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
     ox, oy = ox.ravel(), oy.ravel()
     corr = _beam(inv, ox[:, None] - ox[None, :], oy[:, None] - oy[None, :])
@@ -317,8 +317,8 @@ def measure(block: BlockImage, ra_deg, dec_deg, settings: ForcedSettings = Force
     # a few dozen sources at SNR 10-300).
     fitted = sel[np.isfinite(amp[sel])]
     residual = image.copy()
-    _subtract_beams(residual, x[fitted], y[fitted], amp[fitted], inv, int(math.ceil(2.5 * bmaj_pix)))
-    grid, tile = local_noise_map(residual, int(round(settings.noise_tile_beams * bmaj_pix)))
+    _subtract_beams(residual, x[fitted], y[fitted], amp[fitted], inv, math.ceil(2.5 * bmaj_pix))
+    grid, tile = local_noise_map(residual, round(settings.noise_tile_beams * bmaj_pix))
     rms[sel] = _sample_tiles(grid, tile, x[sel], y[sel])
     amp_err[sel] *= rms[sel]
 

@@ -57,7 +57,7 @@ def block_mjd(header) -> float:
 
 
 def photometer_block(url: str, block_id: str, image_fits: str | Path, pb_fits: str | Path,
-                     settings: SurveyConfig = SurveyConfig()) -> dict:
+                     settings: SurveyConfig | None = None) -> dict:
     """Forced photometry and flux scale of one block, recorded in the database.
 
     Returns
@@ -71,6 +71,7 @@ def photometer_block(url: str, block_id: str, image_fits: str | Path, pb_fits: s
     PermanentError
         The block's image or pb FITS is missing or lacks the beam.
     """
+    settings = settings if settings is not None else SurveyConfig()
     import time
 
     t0 = time.perf_counter()
@@ -128,8 +129,9 @@ def _f(v) -> float | None:
 
 
 def photometer_blocks(url: str, products_root: str | Path, block_ids: list[str] | None = None,
-                      settings: SurveyConfig = SurveyConfig()) -> list[dict]:
+                      settings: SurveyConfig | None = None) -> list[dict]:
     """:func:`photometer_block` of every done block with image and pb products (or of ``block_ids``)."""
+    settings = settings if settings is not None else SurveyConfig()
     from .products import block_products
 
     out = []
@@ -285,13 +287,14 @@ def plot_lightcurve(table, png_path: str | Path, candidate=None) -> Path:
     return out
 
 
-def refresh_references(url: str, settings: SurveyConfig = SurveyConfig(), *, max_chi2_p: float = 1e-4,
+def refresh_references(url: str, settings: SurveyConfig | None = None, *, max_chi2_p: float = 1e-4,
                        min_epochs: int = 5) -> list[str]:
     """Mark references whose light curve is not steady (chi-square p below ``max_chi2_p``) as variable.
 
     Returns the names demoted. Rerun :func:`photometer_blocks` afterwards so
     that every block's scale uses the new reference set.
     """
+    settings = settings if settings is not None else SurveyConfig()
     from . import catalogue
     from .variability import variability_stats
 
@@ -310,13 +313,14 @@ def refresh_references(url: str, settings: SurveyConfig = SurveyConfig(), *, max
 
 
 def photometer_after_imaging(url: str, block_id: str, image_fits: str | None, pb_fits: str | None,
-                             settings: SurveyConfig = SurveyConfig()) -> dict:
+                             settings: SurveyConfig | None = None) -> dict:
     """:func:`photometer_block` for the per-block callback: never fails the block.
 
     No catalogue: recorded as ``skipped``. Any error: logged and recorded as
     ``failed`` with the reason in ``flux_scales`` (the block image stands;
     ``contimg photometry --block ID`` measures it again).
     """
+    settings = settings if settings is not None else SurveyConfig()
     import logging
 
     try:

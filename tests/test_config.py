@@ -106,3 +106,20 @@ def test_paths_outside_roots_are_refused(tmp_path):
         config.check_path_in_roots(cfg, "/etc/passwd")
     with pytest.raises(PermanentError):
         config.check_path_in_roots(cfg, tmp_path / "data" / ".." / "elsewhere")
+
+
+def test_survey_section_defaults_and_rejections():
+    import pytest
+
+    from contimg import config
+    from contimg.errors import ConfigError
+
+    cfg = config.load(env={"CONTIMG_SURVEY__MATCH_RADIUS_BEAMS": "0.3"})
+    assert cfg.survey.match_radius_beams == 0.3 and cfg.survey.ese_fpr == 1e-4
+    assert config.source_of(cfg, "survey.match_radius_beams") == "env:CONTIMG_SURVEY__MATCH_RADIUS_BEAMS"
+    for key, value, words in (("MIN_PB", "1.5", "survey.min_pb"), ("ESE_FPR", "2", "survey.ese_fpr"),
+                              ("MATCH_RADIUS_BEAMS", "5", "survey.match_radius_beams"),
+                              ("REFERENCE_MIN_SNR", "5", "survey.catalogue_min_snr"),
+                              ("MIN_REFERENCES", "0", "survey.min_references")):
+        with pytest.raises(ConfigError, match=words.replace(".", r"\.")):
+            config.load(env={f"CONTIMG_SURVEY__{key}": value})

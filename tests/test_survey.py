@@ -30,7 +30,8 @@ import sys
 import numpy as np
 import pytest
 
-from contimg import catalogue, database as db, forced, images_sim, mosaic, products, survey
+from contimg import catalogue, images_sim, mosaic, products, survey
+from contimg import database as db
 from contimg.config import SurveyConfig
 from contimg.lightcurves_sim import dip_profile
 
@@ -268,3 +269,14 @@ def _one_source_table():
 
     return Table({"ra": [150.0], "dec": [54.6], "ra_err": [1.0], "dec_err": [1.0], "peak_flux": [0.1],
                   "peak_flux_err": [0.001], "snr": [100.0], "flags": [0]})
+
+
+@pytest.mark.parametrize("cmd", [["catalogue"], ["catalogue", "build"], ["catalogue", "export"], ["photometry"],
+                                 ["fluxscales"], ["lightcurve"], ["ese"], ["ese", "detect"]],
+                         ids=lambda c: " ".join(c))
+def test_help(cmd):
+    from contimg.cli import build_parser
+
+    with pytest.raises(SystemExit) as e:
+        build_parser().parse_args([*cmd, "--help"])
+    assert e.value.code == 0
