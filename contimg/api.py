@@ -55,3 +55,27 @@ def resubmit_failed(config: _config.Config | str | None = None, *, run_id: str |
         raise ContimgError("broker.url is empty: resubmission needs a running cluster")
     sel = failed_blocks(cfg, run_id=run_id, block_ids=block_ids)
     return submit_selection(cfg, sel, force=True, dry_run=dry_run).as_dict()
+
+
+def wait(config: _config.Config | str | None = None, *, run_id: str, timeout_s: float = 3600.0,
+         dispatch: bool = False, poll_s: float = 1.0) -> list[dict]:
+    """Wait until every block of a run is done or failed; returns their records.
+
+    With ``dispatch=False`` (the default) a ``contimg dispatch`` service hands
+    out the blocks and this only watches the products database; ``dispatch=True``
+    also dispatches from this process (when no service runs).
+    """
+    from .pipeline import Dispatcher
+    from .pipeline import wait as _wait
+
+    cfg = config if isinstance(config, _config.Config) else load_config(config)
+    found = db.runs(cfg.database_url, run_id)
+    if not found:
+        raise KeyError(f"unknown run id {run_id}; api.runs() lists the runs")
+
+    class _Watch:  # the dispatcher interface, doing nothing: the service dispatches
+        def step(self) -> list[str]:
+            return []
+
+    return _wait(cfg, found[0]["block_ids"], poll_s=poll_s, timeout_s=timeout_s,
+                 dispatcher=Dispatcher(cfg) if dispatch else _Watch())
