@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 
 from celery.exceptions import SoftTimeLimitExceeded
 
 from .. import database as db
 from ..errors import PermanentError, TransientError
-from ..products import block_products
+from ..products import block_products, block_scratch_dir
 from .app import app, current_config, lease_holds, soft_time_limit_s, work_queue
 from .subband import backoff_s, cleanup_scratch
 
@@ -58,7 +59,10 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         keep = state == db.FAILED and cfg.pipeline.keep_scratch_on_failure
         if not keep:
             for n in sorted(set(nodes_used or [])):
-                cleanup_scratch.s(block_id, n).set(queue=cfg.node(n).queue).apply_async()
+                if n == node:  # this node's scratch is local: no task needed
+                    shutil.rmtree(block_scratch_dir(cfg.scratch_root(n), block_id), ignore_errors=True)
+                else:
+                    cleanup_scratch.s(block_id, n).set(queue=cfg.node(n).queue).apply_async()
         return {"block_id": block_id, "state": state, "reason": reason, "n_subbands_ok": len(ok),
                 "timings": timings, **extra}
 
