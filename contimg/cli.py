@@ -432,6 +432,23 @@ def cmd_status(args) -> int:
     return EXIT_OK
 
 
+def cmd_nodes(args) -> int:
+    """Nodes of the node map: worker answering, tasks waiting in the queue, blocks in flight."""
+    from .monitoring import node_report
+
+    rep = node_report(_load_config(args))
+    if args.json:
+        _print_json(rep)
+        return EXIT_OK
+    print(f"{'node':<10} {'worker':<8} {'queued':>6}  {'subbands':<12} {'images':<6} blocks in flight")
+    for n in rep["nodes"]:
+        sbs = f"{min(n['subbands']):02d}-{max(n['subbands']):02d}" if n["subbands"] else "-"
+        print(f"{n['node']:<10} {'up' if n['up'] else 'DOWN':<8} {n['queued_tasks']:>6}  {sbs:<12} "
+              f"{'yes' if n['imaging'] else 'no':<6} {', '.join(n['blocks_in_flight']) or '-'}")
+    print(f"blocks waiting in the work queue: {rep['pending_blocks']}")
+    return EXIT_OK
+
+
 # -- worker --------------------------------------------------------------------
 
 
@@ -782,6 +799,10 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1, help="worker processes (CASA: one call per process)")
     w.add_argument("--loglevel", default="INFO", help="Celery log level")
     w.set_defaults(func=cmd_worker)
+
+    nd = sub.add_parser("nodes", help="each node: worker up or down, tasks queued, blocks in flight")
+    nd.add_argument("--json", action="store_true", help="machine-readable output")
+    nd.set_defaults(func=cmd_nodes)
 
     fl = sub.add_parser("flower", help="start Flower (the Celery monitor) against the broker")
     fl.add_argument("--port", type=int, help="port (default: flower.port, 5555)")

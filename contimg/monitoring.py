@@ -50,3 +50,34 @@ def exec_flower(cfg: Config, *, port: int | None = None, address: str | None = N
     argv, extra = flower_command(cfg, port=port, address=address)
     env = dict(os.environ, **extra)
     os.execve(argv[0], argv, env)
+
+
+def node_report(cfg: Config, timeout_s: float = 1.0) -> dict:
+    """Each node of the node map: worker answering, tasks waiting in its queue, blocks it images.
+
+    Returns ``{"nodes": [...], "pending_blocks": n}``; the view behind ``contimg nodes``.
+    """
+    import redis
+
+    from .dispatch import WorkQueue
+    from .tasks.app import configure
+
+    if cfg.local:
+        raise ConfigError("broker.url: `contimg nodes` asks a running cluster; set broker.url")
+    replies = configure(cfg).control.ping(timeout=timeout_s) or []
+    live = {name.split("@", 1)[0]: name for r in replies for name in r}
+    client = redis.Redis.from_url(cfg.broker.url)
+    queue = WorkQueue(client)
+    inflight = queue.inflight()
+    nodes = []
+    for name, n in cfg.nodes.items():
+        nodes.append({
+            "node": name,
+            "up": name in live,
+            "worker": live.get(name),
+            "queued_tasks": int(client.llen(n.queue)),
+            "subbands": list(n.subbands),
+            "imaging": n.imaging,
+            "blocks_in_flight": sorted(b for b, holder in inflight.items() if holder == name),
+        })
+    return {"nodes": nodes, "pending_blocks": len(queue.pending())}

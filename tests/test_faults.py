@@ -225,6 +225,10 @@ def test_node_down_blocks_wait_then_complete(tmp_path):
         sbs = {s["subband"]: s["state"] for s in status[0]["subbands"]}
         assert all(sbs.get(sb) == "ok" for sb in range(8)), sbs  # node1 did its part
         assert all(sbs.get(sb) in (None, "queued") for sb in range(8, 16)), sbs
+        nodes = {n["node"]: n for n in cli_json(cl, "nodes")["nodes"]}
+        assert nodes["node1"]["up"] and not nodes["node2"]["up"]
+        assert nodes["node2"]["queued_tasks"] == 16  # 8 subbands of each block wait in its queue
+        assert nodes["node1"]["blocks_in_flight"] == ids
 
         cl.start_worker("node2")
         cl.wait_ready()
