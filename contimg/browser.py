@@ -55,3 +55,23 @@ def screenshot(url: str, out: str | Path, *, width: int = 1400, height: int = 90
     if not out.is_file() or out.stat().st_size == 0:
         raise ContimgError(f"chromium wrote no screenshot of {url}: {r.stderr.strip().splitlines()[-1:]}")
     return out
+
+
+def dump_dom(url: str, *, wait_ms: int = 3000, timeout_s: float = 120.0) -> str:
+    """The page's DOM after its scripts ran (``--dump-dom``), as HTML text.
+
+    Raises
+    ------
+    ContimgError
+        Chromium is not installed or printed nothing.
+    """
+    exe = find_chromium()
+    if exe is None:
+        raise ContimgError("chromium is not installed; install Debian's package (apt-get install chromium)")
+    with tempfile.TemporaryDirectory(prefix="contimg-chromium-") as profile:
+        cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-dev-shm-usage",
+               f"--user-data-dir={profile}", f"--virtual-time-budget={wait_ms}", "--dump-dom", url]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    if not r.stdout.strip():
+        raise ContimgError(f"chromium printed no DOM for {url}: {r.stderr.strip().splitlines()[-1:]}")
+    return r.stdout

@@ -449,6 +449,21 @@ def cmd_nodes(args) -> int:
     return EXIT_OK
 
 
+def cmd_weblog(args) -> int:
+    """Write the self-contained HTML weblog of a run or a night; print its path."""
+    from . import weblog
+
+    cfg = _load_config(args)
+    if bool(args.run) == bool(args.night):
+        raise ContimgError("give a run id or --night DATE (one of them)")
+    path = weblog.render_night(cfg, args.night) if args.night else weblog.render_run(cfg, args.run)
+    if args.json:
+        _print_json({"weblog": str(path), "run_id": args.run, "night": args.night})
+    else:
+        print(path)
+    return EXIT_OK
+
+
 # -- worker --------------------------------------------------------------------
 
 
@@ -799,6 +814,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1, help="worker processes (CASA: one call per process)")
     w.add_argument("--loglevel", default="INFO", help="Celery log level")
     w.set_defaults(func=cmd_worker)
+
+    wl = sub.add_parser("weblog", help="write the HTML weblog of a run (or a night) and print its path")
+    wl.add_argument("run", nargs="?", help="run id (`contimg runs` lists them)")
+    wl.add_argument("--night", help="UTC date YYYY-MM-DD: the night's weblog instead")
+    wl.add_argument("--json", action="store_true", help="machine-readable output")
+    wl.set_defaults(func=cmd_weblog)
 
     nd = sub.add_parser("nodes", help="each node: worker up or down, tasks queued, blocks in flight")
     nd.add_argument("--json", action="store_true", help="machine-readable output")

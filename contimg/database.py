@@ -525,3 +525,44 @@ def photometry_rows(url: str, source_ids: list[int] | None = None) -> list[dict[
         if source_ids is not None:
             q = q.where(PhotometryRow.source_id.in_(source_ids))
         return [dict(zip(("name",) + PHOTOMETRY_COLUMNS, r)) for r in s.execute(q)]
+
+
+# -- weblog views ------------------------------------------------------------------
+
+
+def caltables_for_blocks(url: str, block_ids: list[str]) -> list[dict[str, Any]]:
+    """Caltables solved on these blocks (calibrator blocks): one entry per block, bandpass paths by subband."""
+    with session(url) as s:
+        rows = s.scalars(select(CaltableRow).where(CaltableRow.block_id.in_(block_ids))
+                         .order_by(CaltableRow.block_id, CaltableRow.subband)).all()
+        out: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            e = out.setdefault(r.block_id, {"block_id": r.block_id, "calibrator": r.calibrator, "bandpass": [],
+                                            "gain": []})
+            e["bandpass"].append(r.bandpass)
+            e["gain"].append(r.gain)
+        return list(out.values())
+
+
+def run_config(url: str, run_id: str) -> str | None:
+    """The effective configuration recorded with a run (TOML, secrets redacted)."""
+    with session(url) as s:
+        row = s.get(RunRow, run_id)
+        return row.config_toml if row is not None else None
+
+
+def photometry_source_names(url: str, block_ids: list[str]) -> list[str]:
+    """Names of the catalogue sources measured in these blocks."""
+    with session(url) as s:
+        q = (select(SourceRow.name).join(PhotometryRow, SourceRow.source_id == PhotometryRow.source_id)
+             .where(PhotometryRow.block_id.in_(block_ids)).distinct())
+        return [r[0] for r in s.execute(q)]
+
+
+def subband_details(url: str, block_ids: list[str]) -> dict[str, dict[int, dict[str, Any]]]:
+    """block id -> subband -> the details its task recorded (conversion, flags, calibration, step times)."""
+    with session(url) as s:
+        out: dict[str, dict[int, dict[str, Any]]] = {}
+        for r in s.scalars(select(SubbandRow).where(SubbandRow.block_id.in_(block_ids))):
+            out.setdefault(r.block_id, {})[r.subband] = dict(r.details or {})
+        return out

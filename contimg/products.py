@@ -14,6 +14,8 @@ mosaic products     ``{products_root}/mosaics/{date}/{mosaic_id}/``:
                     ``{mosaic_id}.image.fits``, ``.noise.fits``, ``.weight.fits``,
                     ``{mosaic_id}.image.png`` (quicklook),
                     ``{mosaic_id}.sources.ecsv`` and ``.sources.vot`` (catalogue)
+run weblogs         ``{products_root}/runs/{run_id}/index.html`` (self-contained HTML)
+night weblogs       ``{products_root}/nights/{date}/index.html``
 survey products     ``{products_root}/survey/``: ``catalogue.sources.ecsv`` and ``.sources.vot``
                     (the reference catalogue exported from the database),
                     ``lightcurves/{source}.png``, ``ese/{source}.png`` (plots)
@@ -345,3 +347,31 @@ def lightcurve_png(products_root: str | Path, source_name: str) -> Path:
 def ese_plot_png(directory: str | Path, source_name: str) -> Path:
     """Light-curve plot of an ESE candidate in ``directory`` (default ``survey/ese``)."""
     return Path(directory) / f"{source_file_stem(source_name)}.png"
+
+
+# -- runs and weblogs -------------------------------------------------------------
+
+RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[a-z]+-[0-9a-f]{6}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id as ``new_run_id`` makes it (``20251005T031200-night-1a2b3c``); else ValueError."""
+    if not RUN_ID_RE.match(run_id or ""):
+        raise ValueError(f"{run_id!r} is not a run id (like 20251005T031200-night-1a2b3c); `contimg runs` lists them")
+    return run_id
+
+
+def run_directory(products_root: str | Path, run_id: str) -> Path:
+    """``{products_root}/runs/{run_id}/``: the run's weblog and its assets."""
+    return Path(products_root) / "runs" / check_run_id(run_id)
+
+
+def run_weblog(products_root: str | Path, run_id: str) -> Path:
+    """``{products_root}/runs/{run_id}/index.html``."""
+    return run_directory(products_root, run_id) / "index.html"
+
+
+def night_weblog(products_root: str | Path, date: str) -> Path:
+    """``{products_root}/nights/{date}/index.html``."""
+    datetime.strptime(date, "%Y-%m-%d")
+    return Path(products_root) / "nights" / date / "index.html"

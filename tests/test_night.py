@@ -286,3 +286,18 @@ def test_calibrated_night_with_gains(tmp_path):
         assert peak > 0.5 * app, f"block {i}: peak {peak:.2f} Jy/beam, source {app:.2f} Jy: calibration lost coherence"
         checked += 1
     assert checked >= 3
+
+    # The night's weblog: every block's image, the bandpass solved on SIMCAL54, all shown by Chromium.
+    from contimg import weblog
+    from contimg.browser import dump_dom, find_chromium
+
+    page = weblog.render_night(cfg, blocks[0].block_id[:10])
+    text = page.read_text()
+    assert text.count("<img ") >= len(blocks) + 2 and "bandpass from" in text and "SIMCAL54" in text
+    if find_chromium() is None:
+        pytest.skip("chromium is not installed (apt-get install chromium): the weblog was not opened")
+    dom = dump_dom(page.as_uri())
+    import re
+
+    total = int(re.search(r'data-images="(\d+)"', dom).group(1))
+    assert int(re.search(r'data-images-shown="(\d+)"', dom).group(1)) == total >= len(blocks) + 2
