@@ -55,6 +55,12 @@ def _redact(key: str, value):
     """Hide passwords in URLs and Flower's credentials when printing."""
     if key == "flower.basic_auth" and value:
         return ",".join(pair.split(":", 1)[0] + ":***" for pair in str(value).split(","))
+    if key == "notify.smtp_password" and value:
+        return "***"
+    if key == "notify.webhook_url" and value:  # its path may be a token
+        from .submission import _webhook_redacted
+
+        return _webhook_redacted(str(value))
     if isinstance(value, str) and "://" in value and "@" in value:
         scheme, rest = value.split("://", 1)
         cred, host = rest.rsplit("@", 1)
@@ -189,8 +195,12 @@ def cmd_run(args) -> int:
 def _submit_and_wait(cfg, disc, data_dir, say, args):
     """Submit, then dispatch and follow the queued blocks; returns (records, skipped)."""
     from . import pipeline
+    from .submission import Selection, submit_selection
 
-    subs = pipeline.submit(cfg, disc.blocks, data_dir, force=args.force)
+    res = submit_selection(cfg, Selection("run", {"directory": str(data_dir)}, disc.blocks, data_dir),
+                           force=args.force)
+    say(f"run {res.run_id} (its directory: {cfg.paths.products_root / 'runs' / res.run_id})")
+    subs = res.submitted
     queued = [s.block_id for s in subs if s.outcome == "queued"]
     skipped = [{"block_id": s.block_id, "outcome": s.outcome, "state": s.previous_state}
                for s in subs if s.outcome != "queued"]
@@ -234,14 +244,21 @@ def cmd_demo(args) -> int:
     t1 = time.monotonic()
     with LocalCluster(cfg, base / "cluster") as cl:
         print(f"   redis + workers {', '.join(cfg.nodes)} ready in {time.monotonic() - t1:.1f} s", flush=True)
-        subs = pipeline.submit(cl.config, disc.blocks, data, force=True)  # a new simulation: process it all
-        records = pipeline.wait(cl.config, [s.block_id for s in subs],
+        from .submission import Selection, submit_selection
+
+        res = submit_selection(cl.config, Selection("demo", {"directory": str(data)}, disc.blocks, data),
+                               force=True)  # a new simulation: process it all
+        records = pipeline.wait(cl.config, [s.block_id for s in res.submitted],
                                 progress=lambda s: print("   " + s, flush=True), timeout_s=args.timeout)
         cl.wait_idle()
+    from . import weblog
+
+    page = weblog.render_run(cfg, res.run_id)
     summary = pipeline.summarize(records, time.monotonic() - t1)
     print("== summary")
     print(pipeline.format_summary(summary))
     print(f"simulation {t_sim:.1f} s, processing {summary['wall_s']:.1f} s; products database {cfg.database_url}")
+    print(f"run {res.run_id}; weblog {page.as_uri()}")
     return EXIT_OK if summary["n_failed"] == 0 else EXIT_FAILED
 
 
@@ -681,6 +698,75 @@ def cmd_flower(args) -> int:
     return EXIT_OK  # not reached
 
 
+# -- watch ---------------------------------------------------------------------
+
+
+def cmd_watch(args) -> int:
+    """Submit each block of INCOMING once its files have landed (contimg/watch.py), until stopped."""
+    from datetime import datetime, timezone
+
+    from .pipeline import BROKER_DOWN, Dispatcher, check_data_dir
+    from .watch import Watcher
+
+    incoming = Path(args.incoming).absolute()
+    if not incoming.exists():
+        raise FileNotFoundError(f"incoming directory {incoming} does not exist; create it or fix the path")
+    if not incoming.is_dir():
+        raise NotADirectoryError(f"{incoming} is not a directory; give the directory the correlator writes into")
+    cfg = _cluster_config(args)
+    check_data_dir(cfg, incoming)  # workers refuse files outside the data roots: say so now
+    out = sys.stderr if args.json else sys.stdout  # --json: stdout carries only what was submitted
+
+    def say(line: str) -> None:
+        print(f"{datetime.now(timezone.utc):%Y-%m-%dT%H:%M:%S}Z {line}", file=out, flush=True)
+
+    # --once polls (it only lives for one settle interval); otherwise watch.use_inotify decides.
+    watcher = Watcher(cfg, incoming, say=say, use_inotify="off" if args.once else None)
+    disp = Dispatcher(cfg) if args.dispatch else None
+    # SIGTERM (systemd stop) and Ctrl-C end the loop between passes: a submission is never cut in half.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: watcher.stop())
+    w = cfg.watch
+    say(f"watching {incoming} ({watcher.mode}; settle {w.settle_s:g} s, block timeout {w.block_timeout_s:g} s, "
+        f"rescan every {w.poll_s:g} s; state {watcher.state_path})" + ("; dispatching" if disp else ""))
+    reported = 0
+
+    def one_pass() -> float | None:
+        nonlocal reported
+        try:
+            watcher.step()
+        except BROKER_DOWN as e:  # Redis restarting: nothing was marked submitted; the next pass tries again
+            say(f"broker unreachable ({type(e).__name__}); retrying")
+        if args.json and not args.once:
+            for res in watcher.submitted[reported:]:
+                print(json.dumps(res.as_dict(), default=str), flush=True)
+            reported = len(watcher.submitted)
+        if disp is None:
+            return None
+        try:
+            for ev in disp.step():
+                say(ev)
+        except BROKER_DOWN as e:
+            say(f"broker unreachable ({type(e).__name__}); retrying")
+        return cfg.dispatch.poll_s
+
+    try:
+        if args.once:
+            one_pass()
+            if watcher.waiting_files():  # a file lands only after being seen unchanged for settle_s
+                watcher.wait(w.settle_s + 0.1)
+                one_pass()
+            if args.json:
+                _print_json({"incoming": str(incoming), "runs": [r.as_dict() for r in watcher.submitted],
+                             "waiting": watcher.waiting_files()})
+        else:
+            watcher.run(on_pass=one_pass)
+            say("stopped")
+    finally:
+        watcher.close()
+    return EXIT_OK
+
+
 # -- parser --------------------------------------------------------------------
 
 
@@ -829,6 +915,17 @@ def build_parser() -> argparse.ArgumentParser:
     fl.add_argument("--port", type=int, help="port (default: flower.port, 5555)")
     fl.add_argument("--address", help="listen address (default: flower.address, 127.0.0.1)")
     fl.set_defaults(func=cmd_flower)
+
+    wa = sub.add_parser("watch", help="submit each block of INCOMING once its subband files have landed (a service)")
+    wa.add_argument("incoming", help="the directory the correlator writes *_sbNN.hdf5 files into (under paths.data_root)")
+    wa.add_argument("--once", action="store_true",
+                    help="scan, wait one settle interval, submit what is ready, exit (cron, tests)")
+    wa.add_argument("--dispatch", action="store_true",
+                    help="also hand queued blocks to the imaging nodes (else `contimg dispatch` does)")
+    wa.add_argument("--json", action="store_true",
+                    help="print what was submitted as JSON (one line per run; with --once one document); "
+                         "events go to stderr")
+    wa.set_defaults(func=cmd_watch)
     return p
 
 

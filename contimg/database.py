@@ -566,3 +566,204 @@ def subband_details(url: str, block_ids: list[str]) -> dict[str, dict[int, dict[
         for r in s.scalars(select(SubbandRow).where(SubbandRow.block_id.in_(block_ids))):
             out.setdefault(r.block_id, {})[r.subband] = dict(r.details or {})
         return out
+
+
+# -- notifications (contimg/notify.py) ----------------------------------------------
+# A run or a night is notified at most once: the process that inserts its key sends.
+
+
+class NotificationRow(Base):
+    """One notification: claimed by the process that sends it, with what came of each channel."""
+
+    __tablename__ = "notifications"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)  # run:{run_id} | night:{date}
+    claimed_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime, default=None)
+    outcome: Mapped[dict | None] = mapped_column(JSON, default=None)
+
+
+def claim_notification(url: str, key: str) -> bool:
+    """Atomically take ``key`` (``run:{run_id}``, ``night:{date}``); False when another process already has."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with session(url) as s:
+            s.add(NotificationRow(key=key, claimed_at=utcnow()))
+    except IntegrityError:
+        return False
+    return True
+
+
+def record_notification(url: str, key: str, outcome: dict[str, Any]) -> None:
+    """Store what came of a claimed notification (per channel: sent, failed with the reason, off)."""
+    with session(url) as s:
+        row = s.get(NotificationRow, key)
+        if row is None:
+            row = NotificationRow(key=key, claimed_at=utcnow())
+            s.add(row)
+        row.sent_at, row.outcome = utcnow(), outcome
+
+
+def notifications(url: str, keys: list[str] | None = None) -> list[dict[str, Any]]:
+    """Recorded notifications, oldest first."""
+    with session(url) as s:
+        q = select(NotificationRow).order_by(NotificationRow.claimed_at, NotificationRow.key)
+        if keys is not None:
+            q = q.where(NotificationRow.key.in_(keys))
+        return [{"key": r.key, "claimed_at": _iso(r.claimed_at), "sent_at": _iso(r.sent_at), "outcome": r.outcome}
+                for r in s.scalars(q)]
+
+
+def _run_with_blocks(s: Session, r: RunRow) -> dict[str, Any]:
+    ids = list(r.block_ids or [])
+    rows = {b.block_id: b for b in s.execute(
+        select(BlockRow.block_id, BlockRow.state, BlockRow.reason, BlockRow.finished_at)
+        .where(BlockRow.block_id.in_(ids)))}
+    blocks = [{"block_id": b, "date": b[:10], "state": rows[b].state if b in rows else "unknown",
+               "reason": rows[b].reason if b in rows else None,
+               "finished_at": _iso(rows[b].finished_at) if b in rows else None} for b in ids]
+    counts: dict[str, int] = {}
+    for b in blocks:
+        counts[b["state"]] = counts.get(b["state"], 0) + 1
+    return {"run_id": r.run_id, "kind": r.kind, "selection": r.selection, "submitted_by": r.submitted_by,
+            "submitted_at": _iso(r.submitted_at), "remap": r.remap, "block_ids": ids, "states": counts,
+            "blocks": blocks}
+
+
+def unnotified_runs(url: str) -> list[dict[str, Any]]:
+    """Runs with no notification claimed yet (oldest first), as :func:`runs` gives them plus ``blocks``:
+    each block's state, reason and finish time."""
+    from sqlalchemy import exists, literal
+
+    with session(url) as s:
+        claimed = exists().where(NotificationRow.key == literal("run:") + RunRow.run_id)
+        q = select(RunRow).where(~claimed).order_by(RunRow.submitted_at)
+        return [_run_with_blocks(s, r) for r in s.scalars(q)]
+
+
+def unnotified_nights(url: str) -> list[str]:
+    """UTC dates that hold blocks submitted by a run and have no night notification claimed yet."""
+    from sqlalchemy import exists, literal
+
+    with session(url) as s:
+        claimed = exists().where(NotificationRow.key == literal("night:") + BlockRow.date)
+        q = select(BlockRow.date).where(BlockRow.run_id.is_not(None), ~claimed).distinct().order_by(BlockRow.date)
+        return list(s.scalars(q))
+
+
+def night_runs(url: str, date: str) -> list[dict[str, Any]]:
+    """The runs that last submitted a block of UTC date ``date`` (oldest first), with their blocks."""
+    with session(url) as s:
+        ids = select(BlockRow.run_id).where(BlockRow.date == date, BlockRow.run_id.is_not(None)).distinct()
+        q = select(RunRow).where(RunRow.run_id.in_(ids)).order_by(RunRow.submitted_at)
+        return [_run_with_blocks(s, r) for r in s.scalars(q)]
+
+
+# -- runs' products, QA verdicts and the archive -----------------------------------------
+
+
+class RunProductRow(Base):
+    """One product of one run (a rerun's products are another run's rows, never overwritten)."""
+
+    __tablename__ = "run_products"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    block_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    """The block, or ``""`` for a product of the whole run (weblog, config, flag template)."""
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    path: Mapped[str] = mapped_column(Text)
+    size_bytes: Mapped[int | None] = mapped_column(Integer, default=None)
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+class QaRow(Base):
+    """The QA verdict of a run, by an analyst."""
+
+    __tablename__ = "qa"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    state: Mapped[str] = mapped_column(String(8))
+    """pass, fail or null (no verdict possible)."""
+    analyst: Mapped[str] = mapped_column(String(64))
+    report: Mapped[str | None] = mapped_column(Text, default=None)
+    report_path: Mapped[str | None] = mapped_column(Text, default=None)
+    at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class ArchiveRow(Base):
+    """A product of a run copied into the archive, with its checksum."""
+
+    __tablename__ = "archive"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    block_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32), primary_key=True)
+    source_path: Mapped[str] = mapped_column(Text)
+    archive_path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(Integer)
+    metadata_json: Mapped[dict] = mapped_column(JSON, default=dict)
+    ingested_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+QA_STATES = ("pass", "fail", "null")
+
+
+def record_run_product(url: str, run_id: str, block_id: str, kind: str, path: str | Path, **details: Any) -> None:
+    """Register (or re-register) one product of a run."""
+    p = Path(path)
+    with session(url) as s:
+        row = s.get(RunProductRow, (run_id, block_id, kind))
+        if row is None:
+            row = RunProductRow(run_id=run_id, block_id=block_id, kind=kind)
+            s.add(row)
+        row.path, row.size_bytes, row.details = str(p), _size(p), details
+
+
+def run_products(url: str, run_id: str) -> list[dict[str, Any]]:
+    with session(url) as s:
+        q = select(RunProductRow).where(RunProductRow.run_id == run_id).order_by(RunProductRow.block_id,
+                                                                                  RunProductRow.kind)
+        return [{"run_id": r.run_id, "block_id": r.block_id, "kind": r.kind, "path": r.path,
+                 "size_bytes": r.size_bytes, "details": r.details or {}} for r in s.scalars(q)]
+
+
+def set_qa(url: str, run_id: str, *, state: str, analyst: str, report: str | None, report_path: str | None) -> None:
+    if state not in QA_STATES:
+        raise ValueError(f"QA state {state!r} is not one of {', '.join(QA_STATES)}")
+    with session(url) as s:
+        row = s.get(QaRow, run_id)
+        if row is None:
+            row = QaRow(run_id=run_id)
+            s.add(row)
+        row.state, row.analyst, row.report, row.report_path, row.at = state, analyst, report, report_path, utcnow()
+
+
+def qa(url: str, run_id: str) -> dict[str, Any] | None:
+    with session(url) as s:
+        r = s.get(QaRow, run_id)
+        if r is None:
+            return None
+        return {"run_id": r.run_id, "state": r.state, "analyst": r.analyst, "report": r.report,
+                "report_path": r.report_path, "at": _iso(r.at)}
+
+
+def record_archived(url: str, *, run_id: str, block_id: str, kind: str, source_path: str, archive_path: str,
+                    sha256: str, size_bytes: int, metadata: dict[str, Any]) -> None:
+    with session(url) as s:
+        row = s.get(ArchiveRow, (run_id, block_id, kind))
+        if row is None:
+            row = ArchiveRow(run_id=run_id, block_id=block_id, kind=kind)
+            s.add(row)
+        row.source_path, row.archive_path, row.sha256 = source_path, archive_path, sha256
+        row.size_bytes, row.metadata_json, row.ingested_at = size_bytes, metadata, utcnow()
+
+
+def archived(url: str, run_id: str) -> list[dict[str, Any]]:
+    with session(url) as s:
+        q = select(ArchiveRow).where(ArchiveRow.run_id == run_id).order_by(ArchiveRow.block_id, ArchiveRow.kind)
+        return [{"run_id": r.run_id, "block_id": r.block_id, "kind": r.kind, "source_path": r.source_path,
+                 "archive_path": r.archive_path, "sha256": r.sha256, "size_bytes": r.size_bytes,
+                 "metadata": r.metadata_json or {}, "ingested_at": _iso(r.ingested_at)} for r in s.scalars(q)]

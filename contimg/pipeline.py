@@ -7,6 +7,7 @@ imports CASA; it only builds signatures and reads the products database.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -21,6 +22,8 @@ from .dispatch import WorkQueue
 from .config import Config
 from .errors import ConfigError
 from .products import subband_ms
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -70,7 +73,8 @@ def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = 
             process_subband.s(bid, sb, path, str(ms), spec["mid_jd"], node.name, token=token).set(queue=node.queue)
         )
     callback = image_block.s(
-        block_id=bid, node=imaging_node, missing=spec["missing"], nodes_used=sorted(nodes_used), token=token
+        block_id=bid, node=imaging_node, missing=spec["missing"], nodes_used=sorted(nodes_used), token=token,
+        run_id=spec.get("run_id"),
     ).set(queue=cfg.node(imaging_node).queue, ignore_result=True)  # its outcome is in the database
     return chord(header, callback)
 
@@ -154,6 +158,7 @@ class Dispatcher:
         self._checked_at = -float("inf")
         self._down_since: dict[str, float] = {}
         self._waiting: dict[str, set[str]] = {}  # block id -> down nodes it waits for
+        self._notified_at = -float("inf")  # monotonic time of the last notification pass
 
     def step(self) -> list[str]:
         """One pass; returns human-readable events."""
@@ -185,7 +190,22 @@ class Dispatcher:
                 build_chord(cfg, c.spec, node, c.token).apply_async()
                 events.append(f"{c.block_id} dispatched to {node} (attempt {c.attempt})")
         _stop_result_listener(self._app())
-        return events
+        return events + self.notify()
+
+    def notify(self, force: bool = False) -> list[str]:
+        """Email and post the runs and nights that finished (contimg/notify.py), at most every
+        ``notify.check_s`` unless ``force``; never raises: a notification never stops dispatching."""
+        now = time.monotonic()
+        if not force and now - self._notified_at < self.cfg.notify.check_s:
+            return []
+        self._notified_at = now
+        try:
+            from .notify import describe, notify_finished_runs
+
+            return [describe(n) for n in notify_finished_runs(self.cfg)]
+        except Exception:
+            log.exception("notification pass failed (the products database?); dispatching goes on")
+            return []
 
     def _app(self):
         from .tasks.app import app
@@ -302,6 +322,8 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
                 progress(f"[{n_done}/{len(block_ids)}] {bid} {st} ({time.monotonic() - t0:.0f} s)")
             last[bid] = st
         if all(states.get(b) in final for b in block_ids):
+            if isinstance(dispatcher, Dispatcher):  # the last blocks' run and night, before this process ends
+                dispatcher.notify(force=True)
             return db.blocks(url, block_ids)
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             open_ = [b for b in block_ids if states.get(b) not in final]

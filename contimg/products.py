@@ -6,7 +6,10 @@ Layout
 ------
 raw subband file   ``{data_root}/{YYYY-MM-DDTHH:MM:SS}_sb{NN}.hdf5``
 subband MS          ``{scratch_root}/{block_id}/{block_id}_sb{NN}.ms`` (node-local)
-block products      ``{products_root}/{date}/{block_id}/``:
+run directory       ``{products_root}/runs/{run_id}/``: ``config.toml``, ``run.json``,
+                    ``flags.txt`` (rerun), ``qa_report.txt``, ``index.html`` (weblog),
+                    ``blocks/{block_id}/`` (that run's block products, as below)
+block products      ``{products_root}/{date}/{block_id}/`` (a chord sent without a run):
                     ``{block_id}.ms`` (concatenated), ``{block_id}.image.fits``,
                     ``{block_id}.pb.fits``, ``{block_id}.residual.fits``
 simulation truth    ``{data_dir}/truth.json``, ``{data_dir}/truth_gains.npz``
@@ -16,6 +19,7 @@ mosaic products     ``{products_root}/mosaics/{date}/{mosaic_id}/``:
                     ``{mosaic_id}.sources.ecsv`` and ``.sources.vot`` (catalogue)
 run weblogs         ``{products_root}/runs/{run_id}/index.html`` (self-contained HTML)
 night weblogs       ``{products_root}/nights/{date}/index.html``
+watch state         ``{products_root}/watch/{incoming}-{hash}.json`` (``contimg watch``)
 survey products     ``{products_root}/survey/``: ``catalogue.sources.ecsv`` and ``.sources.vot``
                     (the reference catalogue exported from the database),
                     ``lightcurves/{source}.png``, ``ese/{source}.png`` (plots)
@@ -142,8 +146,16 @@ class BlockProducts:
         return self.fits("image")
 
 
-def block_products(products_root: str | Path, block_id: str) -> BlockProducts:
-    """Where the products of ``block_id`` live."""
+def block_products(products_root: str | Path, block_id: str, run_id: str | None = None) -> BlockProducts:
+    """Where the products of ``block_id`` live: in its run's directory when it has one.
+
+    ``{products_root}/runs/{run_id}/blocks/{block_id}/`` for a block processed as part of
+    a run (every submission, rerun and ``contimg run`` makes one), so that a rerun never
+    overwrites an earlier run; ``{products_root}/{date}/{block_id}/`` for a chord sent
+    without a run (the Python API's ``pipeline.submit``).
+    """
+    if run_id:
+        return BlockProducts(run_directory(products_root, run_id) / "blocks" / check_block_id(block_id), block_id)
     return BlockProducts(Path(products_root) / block_date(block_id) / block_id, block_id)
 
 
@@ -349,6 +361,19 @@ def ese_plot_png(directory: str | Path, source_name: str) -> Path:
     return Path(directory) / f"{source_file_stem(source_name)}.png"
 
 
+# -- the incoming-directory watcher ----------------------------------------------
+
+
+def watch_state(products_root: str | Path, incoming: str | Path) -> Path:
+    """``{products_root}/watch/{incoming as a name}-{hash}.json``: first-seen times of files
+    that ``contimg watch INCOMING`` has not submitted yet (one file per watched directory)."""
+    import hashlib
+
+    p = str(Path(incoming).absolute())
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", p.strip("/"))[-80:] or "root"
+    return Path(products_root) / "watch" / f"{slug}-{hashlib.sha1(p.encode()).hexdigest()[:8]}.json"
+
+
 # -- runs and weblogs -------------------------------------------------------------
 
 RUN_ID_RE = re.compile(r"^[0-9]{8}T[0-9]{6}-[a-z]+-[0-9a-f]{6}$")
@@ -362,8 +387,23 @@ def check_run_id(run_id: str) -> str:
 
 
 def run_directory(products_root: str | Path, run_id: str) -> Path:
-    """``{products_root}/runs/{run_id}/``: the run's weblog and its assets."""
+    """``{products_root}/runs/{run_id}/``: the run's working directory.
+
+    It holds ``config.toml`` (the effective configuration, secrets redacted),
+    ``run.json`` (who, when, what), ``flags.txt`` (the flag template of a rerun),
+    ``blocks/{block_id}/`` (the products), ``logs/`` and ``index.html`` (the weblog).
+    """
     return Path(products_root) / "runs" / check_run_id(run_id)
+
+
+def run_file(products_root: str | Path, run_id: str, name: str) -> Path:
+    """A file of the run directory: ``config.toml``, ``run.json``, ``flags.txt``, ``qa_report.txt``."""
+    if name not in RUN_FILES:
+        raise ValueError(f"{name!r} is not a run file ({', '.join(RUN_FILES)})")
+    return run_directory(products_root, run_id) / name
+
+
+RUN_FILES = ("config.toml", "run.json", "flags.txt", "qa_report.txt")
 
 
 def run_weblog(products_root: str | Path, run_id: str) -> Path:

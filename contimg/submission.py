@@ -16,6 +16,7 @@ from pathlib import Path
 
 from . import config as _config
 from . import database as db
+from . import products
 from .blocks import Block, discover
 from .config import Config
 from .errors import ConfigError
@@ -165,6 +166,8 @@ def submit_selection(cfg: Config, sel: Selection, *, force: bool = False, dry_ru
     db.create_run(cfg.database_url, run_id, kind=sel.kind, selection=sel.description,
                   submitted_by=who or _whoami(), config_toml=_run_config_toml(run_cfg),
                   remap={f"sb{k:02d}": v for k, v in remap.items()}, block_ids=[b.block_id for b in sel.blocks])
+    write_run_directory(cfg, run_id, kind=sel.kind, selection=sel.description, config_toml=_run_config_toml(run_cfg),
+                        block_ids=[b.block_id for b in sel.blocks], remap=remap)
     subs = submit(run_cfg, sel.blocks, sel.data_dir, force=force, run_id=run_id,
                   node_of={sb: run_cfg.node_for_subband(sb).name for sb in range(N_SUBBANDS)} if remap else None)
     return RunResult(run_id, sel, subs)
@@ -205,6 +208,24 @@ def _whoami() -> str:
         return "unknown"
 
 
+def write_run_directory(cfg: Config, run_id: str, *, kind: str, selection: dict, config_toml: str,
+                        block_ids: list[str], remap: dict | None = None, extra: dict | None = None) -> Path:
+    """Create the run's directory with ``config.toml`` and ``run.json`` (atomically); returns it."""
+    import json
+
+    d = products.run_directory(cfg.paths.products_root, run_id)
+    d.mkdir(parents=True, exist_ok=True)
+    meta = {"run_id": run_id, "kind": kind, "selection": selection, "block_ids": block_ids,
+            "submitted_by": _whoami(), "submitted_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "remap": {f"sb{k:02d}": v for k, v in (remap or {}).items()}, **(extra or {})}
+    for name, text in (("config.toml", config_toml), ("run.json", json.dumps(meta, indent=2, default=str))):
+        final = products.run_file(cfg.paths.products_root, run_id, name)
+        tmp = products.temporary_name(final)
+        tmp.write_text(text)
+        tmp.replace(final)
+    return d
+
+
 def _run_config_toml(cfg: Config) -> str:
     """The effective configuration recorded with a run, without its secrets."""
     text = _config.to_toml(cfg)
@@ -212,7 +233,20 @@ def _run_config_toml(cfg: Config) -> str:
         text = text.replace(cfg.broker.url, _redacted(cfg.broker.url))
     if cfg.flower.basic_auth:
         text = text.replace(cfg.flower.basic_auth, "***")
+    nt = cfg.notify
+    if nt.smtp_password:
+        text = text.replace(f"smtp_password = {_config._toml_value(nt.smtp_password)}", 'smtp_password = "***"')
+    if nt.webhook_url:  # its path may be a token
+        text = text.replace(f"webhook_url = {_config._toml_value(nt.webhook_url)}",
+                            f'webhook_url = "{_webhook_redacted(nt.webhook_url)}"')
     return text
+
+
+def _webhook_redacted(url: str) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    return f"{u.scheme}://{u.netloc.rpartition('@')[2]}/***"
 
 
 def _redacted(url: str) -> str:

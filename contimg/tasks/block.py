@@ -26,8 +26,11 @@ def _describe_failures(results: list[dict], missing: list[int]) -> str:
 
 @app.task(bind=True, name="contimg.image_block")
 def image_block(self, results: list[dict], block_id: str, node: str, missing: list[int] | None = None,
-                nodes_used: list[str] | None = None, token: str | None = None) -> dict:
+                nodes_used: list[str] | None = None, token: str | None = None, run_id: str | None = None) -> dict:
     """Concatenate the good subbands of a block, image Stokes I, register products.
+
+    With a ``run_id`` the products go to that run's directory and are also
+    registered as the run's products (a rerun never overwrites an earlier run).
 
     A block with fewer good subbands than ``pipeline.min_subbands`` is recorded
     as failed with the reason; the night goes on.
@@ -72,7 +75,7 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     db.upsert_block(url, block_id, state=db.IMAGING, imaging_node=node, n_subbands_ok=len(ok))
     if cfg.pipeline.stage_set == "noop":
         return finish(db.DONE, "no-op stage set: nothing imaged" + (f"; {failures}" if failures else ""))
-    prods = block_products(cfg.paths.products_root, block_id)
+    prods = block_products(cfg.paths.products_root, block_id, run_id)
     try:
         from ..imaging import concat_subbands, image_block as make_image
 
@@ -101,6 +104,8 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
                                      "beam_minor_arcsec", "beam_pa_deg", "cell_arcsec", "imsize")}
     for kind, path in info["fits"].items():
         db.record_product(url, block_id, f"{kind.replace('.', '_')}_fits", path, **measured)
+        if run_id:
+            db.record_run_product(url, run_id, block_id, f"{kind.replace('.', '_')}_fits", path, **measured)
     notes = []
     if failures:
         notes.append(f"imaged from {len(ok)} of 16 subbands ({failures})")
