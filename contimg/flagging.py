@@ -17,6 +17,20 @@ avoids CASA's antenna-selection syntax for names containing ``-``; step 4 is
 CASA's. Flag fractions are counted on the cross-correlations, per antenna and
 overall, before and after; the result is JSON-friendly.
 
+Speed (a full subband: 165672 rows x 48 channels x 4 correlations):
+
+- The bulk columns (DATA, FLAG) are read and written with python-casacore:
+  casatools' ``getcol`` of DATA takes ~7 s (it converts to complex128 through
+  its binding), python-casacore's 0.35 s. The table is closed before CASA's
+  flagdata opens it.
+- tfcrop and rflag run as one ``flagdata`` call (``mode='list'``): one pass
+  over the data with both agents, instead of one pass each.
+- They look at the parallel hands only (``RFI_CORRELATION``): RFI shows in
+  XX and YY at least as strongly as in the cross hands of linear feeds, and
+  every flag is extended across all four correlations afterwards anyway;
+  the cross hands (noise-like for unpolarized sky) added only false
+  positives and 3/4 of the cost (47 s -> ~12 s a subband, measured).
+
 CASA is not thread-safe: call from one thread per process.
 """
 
@@ -41,6 +55,8 @@ PARALLEL_HANDS = (0, 3)
 """XX and YY in the correlation order pyuvdata writes (XX, XY, YX, YY)."""
 DEAD_FRACTION = 0.9
 """An antenna with more than this fraction of zero or NaN data is reported as dead."""
+RFI_CORRELATION = "ABS_XX,YY"
+"""What tfcrop and rflag look at: the amplitudes of the parallel hands (see the module docstring)."""
 
 
 @dataclass
@@ -114,17 +130,19 @@ def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None =
     ms = Path(ms)
     if not (ms / "table.dat").is_file():
         raise PermanentError(f"{ms} is not a Measurement Set; convert the subband again before flagging")
+    from casacore import tables
+
     t0 = time.perf_counter()
-    ct = casa_env.casatools()
     names = _antenna_names(ms)
-    tb = ct.table()
+    tb = None
     try:
-        tb.open(str(ms), nomodify=False)
+        tb = tables.table(str(ms), readonly=False, ack=False)
         a1, a2 = tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2")
-        flag = tb.getcol("FLAG")  # (n_corr, n_chan, n_row)
-        data = tb.getcol("DATA")
+        # python-casacore gives (n_row, n_chan, n_corr); .T is the (n_corr, n_chan, n_row) view used below.
+        flag = tb.getcol("FLAG").T
+        data = tb.getcol("DATA").T
         if date is None:
-            date = _utc_date(tb.getcol("TIME")[0])
+            date = _utc_date(tb.getcell("TIME", 0))
         cross = a1 != a2
         before = _fractions(flag, a1, a2, cross, names)
         steps: dict[str, float] = {}
@@ -169,30 +187,27 @@ def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None =
         _flag_antennas(flag, a1, a2, found)
         steps["autocorrelations"] = _overall(flag, cross)
         del data
-        tb.putcol("FLAG", flag)
+        tb.putcol("FLAG", np.ascontiguousarray(flag.T))
         tb.flush()
     except RuntimeError as e:
         if is_disk_error(e):
             raise TransientError(f"writing flags to {ms} failed ({e}); free space or fix permissions, then retry") from e
         raise PermanentError(f"{ms} could not be flagged ({str(e).splitlines()[0]}); convert the subband again") from e
     finally:
-        tb.close()
+        if tb is not None:
+            tb.close()  # before CASA's flagdata opens the MS
     t_numpy = time.perf_counter()
 
     # 4. RFI
     _flag_rfi(ms, settings)
     t_rfi = time.perf_counter()
-    tb = ct.table()
-    try:
-        # RFI seen in one correlation spoils them all (and calibration solves
-        # per feed): extend the RFI flags across the correlations.
-        tb.open(str(ms), nomodify=settings.strategy == "none")
-        flag = tb.getcol("FLAG")
+    with tables.table(str(ms), readonly=settings.strategy == "none", ack=False) as tb:
+        flag = tb.getcol("FLAG").T
         if settings.strategy != "none":
+            # RFI seen in one correlation spoils them all (and calibration solves
+            # per feed): extend the RFI flags across the correlations.
             flag[:] = flag.any(axis=0, keepdims=True)
-            tb.putcol("FLAG", flag)
-    finally:
-        tb.close()
+            tb.putcol("FLAG", np.ascontiguousarray(flag.T))
     after = _fractions(flag, a1, a2, cross, names)
     steps["rfi"] = after[0]
     per_channel = flag[:, :, cross].mean(axis=(0, 2))
@@ -219,10 +234,12 @@ def rfi_commands(settings: FlaggingConfig) -> list[dict]:
     """Keyword arguments of each ``casatasks.flagdata`` call of the RFI step.
 
     ``datacolumn='data'`` because flagging runs before calibration; the
-    thresholds come from the settings; no flag backups (the pipeline's MSs
-    are re-created from the raw files when needed).
+    amplitudes of the parallel hands (``RFI_CORRELATION``); the thresholds
+    come from the settings; no flag backups (the pipeline's MSs are re-created
+    from the raw files when needed). :func:`rfi_flagdata_call` runs them in
+    one pass.
     """
-    common = {"datacolumn": "data", "action": "apply", "flagbackup": False}
+    common = {"datacolumn": "data", "correlation": RFI_CORRELATION, "action": "apply", "flagbackup": False}
     tfcrop = dict(
         common,
         mode="tfcrop",
@@ -240,15 +257,33 @@ def rfi_commands(settings: FlaggingConfig) -> list[dict]:
     return {"none": [], "tfcrop": [tfcrop], "rflag": [rflag], "tfcrop+rflag": [tfcrop, rflag]}[settings.strategy]
 
 
+def rfi_flagdata_call(settings: FlaggingConfig) -> dict | None:
+    """Keyword arguments of the one ``casatasks.flagdata`` call that runs every RFI command.
+
+    One command is passed as it is; several go in ``mode='list'``, which runs
+    their agents side by side in a single pass over the MS (each agent sees
+    the flags as they were before the call; the union of their flags is
+    written). None when the strategy is ``none``.
+    """
+    cmds = rfi_commands(settings)
+    if not cmds:
+        return None
+    if len(cmds) == 1:
+        return cmds[0]
+    lines = [" ".join(f"{k}={v!r}" for k, v in c.items() if k not in ("action", "flagbackup")) for c in cmds]
+    return {"mode": "list", "inpfile": lines, "action": "apply", "flagbackup": False}
+
+
 def _flag_rfi(ms: Path, settings: FlaggingConfig) -> None:
-    cta = casa_env.casatasks()
-    for kwargs in rfi_commands(settings):
-        try:
-            cta.flagdata(vis=str(ms), **kwargs)
-        except RuntimeError as e:
-            if is_disk_error(e):
-                raise TransientError(f"flagdata on {ms} failed ({e}); free space or fix permissions, then retry") from e
-            raise
+    kwargs = rfi_flagdata_call(settings)
+    if kwargs is None:
+        return
+    try:
+        casa_env.casatasks().flagdata(vis=str(ms), **kwargs)
+    except RuntimeError as e:
+        if is_disk_error(e):
+            raise TransientError(f"flagdata on {ms} failed ({e}); free space or fix permissions, then retry") from e
+        raise
 
 
 def _antenna_names(ms: Path) -> list[str]:
@@ -298,7 +333,8 @@ def _auto_power_ratios(data, flag, a1, a2, n_ant) -> np.ndarray:
     for row_ant in np.unique(a1[autos]):
         rows = autos[a1[autos] == row_ant]
         for k, pol in enumerate(PARALLEL_HANDS):
-            vals = np.abs(data[pol][:, rows])[~flag[pol][:, rows]]
+            # complex128 (exact from complex64) keeps the medians as they were with casatools' getcol.
+            vals = np.abs(data[pol][:, rows].astype(np.complex128))[~flag[pol][:, rows]]
             if vals.size:
                 level[row_ant, k] = np.median(vals)
     ref = np.nanmedian(level, axis=0)
