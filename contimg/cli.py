@@ -319,6 +319,16 @@ def cmd_submit(args) -> int:
     return _report_run(res, args, cfg)
 
 
+def cmd_rerun(args) -> int:
+    """Process a block again as a new run, with a flag template and/or changed settings."""
+    from .submission import rerun
+
+    cfg = _cluster_config(args)
+    res = rerun(cfg, args.block_id, flags=args.flags, config_path=args.run_config)
+    args.dry_run = False
+    return _report_run(res, args, cfg)
+
+
 def cmd_resubmit(args) -> int:
     from .products import check_block_id
     from .submission import failed_blocks, submit_selection
@@ -859,6 +869,17 @@ def build_parser() -> argparse.ArgumentParser:
         x.add_argument("--json", action="store_true", help="machine-readable output")
         x.set_defaults(func=cmd_submit)
     sb.set_defaults(func=lambda a: (sb.print_help(), EXIT_USAGE)[1])
+
+    rr = sub.add_parser("rerun", help="process one block again as a new run (flag template, changed settings)")
+    rr.add_argument("block_id", help="block id (YYYY-MM-DDTHH:MM:SS)")
+    rr.add_argument("--flags", help="flag template: CASA flagdata list syntax, one command per line")
+    rr.add_argument("--config", dest="run_config",
+                    help="TOML file with the settings to change for this run ([pipeline], [imaging], [flagging], "
+                         "[calibration], [survey])")
+    rr.add_argument("--wait", action="store_true", help="dispatch and wait here until the run ends")
+    rr.add_argument("--timeout", type=float, default=None, help="with --wait: give up after this many seconds")
+    rr.add_argument("--json", action="store_true", help="machine-readable output")
+    rr.set_defaults(func=cmd_rerun)
 
     rs = sub.add_parser("resubmit", help="queue failed blocks again as a new run")
     rs.add_argument("--failed", action="store_true", help="resubmit the failed blocks (required)")

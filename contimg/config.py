@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,6 +239,29 @@ class SurveyConfig:
     """False-alarm probability per source for `contimg ese` (0.1 false candidates per 1000 steady sources)."""
 
 
+WATCH_INOTIFY = ("auto", "on", "off")
+
+
+@dataclass
+class WatchConfig:
+    """``contimg watch INCOMING``: when a subband file has landed and a block is ready (contimg/watch.py)."""
+
+    settle_s: float = 10.0
+    """A file has landed when its size and mtime have not changed for this long AND it then opens with h5py
+    with its Header group readable. Both: a writer that stalls longer than this leaves a stable but truncated
+    file (the HDF5 check fails), and an HDF5 file can open while its writer still appends (the header comes
+    first). The file is never opened before it has been stable this long."""
+    block_timeout_s: float = 600.0
+    """A block still incomplete this long after its first file appeared is submitted with the files that have
+    landed; the other subbands are recorded as missing (or as unreadable). Survives restarts of the watcher."""
+    poll_s: float = 10.0
+    """Rescan interval: how soon a new file is noticed without inotify, and the safety-net rescan with it
+    (events are only hints). Settling and timeouts are checked when due, whatever this is."""
+    use_inotify: str = "auto"
+    """``auto``: Linux inotify, but polling on network file systems (NFS, CIFS, Lustre...: files written by other
+    hosts send no events) or when inotify fails; ``on``: inotify or an error; ``off``: polling only."""
+
+
 @dataclass
 class FlowerConfig:
     """Flower, the Celery monitor (``contimg flower``; docs/deployment.md)."""
@@ -253,6 +277,47 @@ class FlowerConfig:
     """Path prefix when Flower sits behind a reverse proxy (``flower``)."""
 
 
+NOTIFY_EVENTS = ("run_done", "run_failed", "night_done", "night_failed")
+
+
+@dataclass
+class NotifyConfig:
+    """Email and webhook notifications when a run or a night finishes (contimg/notify.py; docs/deployment.md)."""
+
+    smtp_host: str = ""
+    """SMTP server that relays the emails; empty turns email off."""
+    smtp_port: int = 25
+    """SMTP port (25 or 587 with ``smtp_starttls``)."""
+    smtp_user: str = ""
+    """SMTP login; empty means no login."""
+    smtp_password: str = ""
+    """SMTP password; a secret: put it in the environment (``CONTIMG_NOTIFY__SMTP_PASSWORD``), not in a shared file."""
+    smtp_starttls: bool = False
+    """Upgrade the SMTP connection with STARTTLS (certificate checked) before logging in and sending."""
+    smtp_timeout_s: float = 10.0
+    """Seconds to connect to and talk with the SMTP server before giving up."""
+    sender: str = "contimg@localhost"
+    """The From address."""
+    recipients: list[str] = field(default_factory=list)
+    """Addresses every email goes to (``["ops@example.org", "Night Shift <night@example.org>"]``)."""
+    webhook_url: str = ""
+    """http(s) URL that receives each notification as a JSON POST; empty turns the webhook off. It may hold a
+    token: put it in the environment (``CONTIMG_NOTIFY__WEBHOOK_URL``)."""
+    webhook_timeout_s: float = 10.0
+    """Seconds to wait for the webhook's answer before giving up."""
+    weblog_base_url: str = ""
+    """The URL at which ``paths.products_root`` is served: a run's weblog link is
+    ``{weblog_base_url}/runs/{run_id}/index.html``, a night's ``{weblog_base_url}/nights/{date}/index.html``;
+    empty gives file:// links to the same files."""
+    on: list[str] = field(default_factory=lambda: list(NOTIFY_EVENTS))
+    """Events that are sent: any of run_done, run_failed, night_done, night_failed."""
+    check_s: float = 5.0
+    """How often the dispatcher looks for newly finished runs and nights."""
+    max_age_h: float = 48.0
+    """Runs and nights that finished longer ago than this are never sent (marked skipped instead), so that turning
+    notifications on for an old database does not mail its whole history."""
+
+
 @dataclass
 class Config:
     """The effective configuration."""
@@ -263,11 +328,13 @@ class Config:
     nodes: dict[str, NodeConfig] = field(default_factory=dict)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     dispatch: DispatchConfig = field(default_factory=DispatchConfig)
+    watch: WatchConfig = field(default_factory=WatchConfig)
     imaging: ImagingConfig = field(default_factory=ImagingConfig)
     flagging: FlaggingConfig = field(default_factory=FlaggingConfig)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     survey: SurveyConfig = field(default_factory=SurveyConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     source: dict[str, str] = field(default_factory=dict, repr=False)
     """Where each dotted key's value came from: default, file:PATH or env:VAR."""
     file: Path | None = None
@@ -312,6 +379,77 @@ class Config:
         return new
 
 
+RUN_SECTIONS = ("pipeline", "imaging", "flagging", "calibration", "survey")
+"""Sections a single run may change (``contimg rerun --config``); the others are the site's."""
+
+
+def run_overlay(base: Config, path: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
+    """``base`` with the keys of a TOML file laid over it, for one run.
+
+    The file holds only what changes (``[imaging] robust = 0.5``). Returns the
+    run's configuration and the changed keys (dotted key -> JSON value), which
+    travel with the run's tasks. Keys outside :data:`RUN_SECTIONS` that differ
+    from ``base`` are refused: the roots, broker, database and node map belong
+    to the site, not to one run.
+    """
+    import copy
+
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {file} does not exist; give a TOML file with the keys to change")
+    try:
+        raw = tomllib.loads(file.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {file} is not valid TOML: {e}") from None
+    new = copy.deepcopy(base)
+    _apply_mapping(new, raw, origin=f"run:{file}", base_dir=file.parent.resolve())
+    validate(new)
+    changed: dict[str, Any] = {}
+    for sec, values in raw.items():
+        if sec == "nodes":
+            if raw["nodes"] and _jsonable(new.nodes) != _jsonable(base.nodes):
+                raise ConfigError(f"nodes: the node map cannot change for one run ({file}); "
+                                  "use `submit --remap` or edit the site configuration")
+            continue
+        for key in values:
+            a, b = getattr(getattr(base, sec), key), getattr(getattr(new, sec), key)
+            if _jsonable(a) == _jsonable(b):
+                continue
+            if sec not in RUN_SECTIONS:
+                raise ConfigError(f"{sec}.{key}: cannot change for one run (only [{'], ['.join(RUN_SECTIONS)}] "
+                                  f"can, in {file}); edit the site configuration instead")
+            changed[f"{sec}.{key}"] = _jsonable(b)
+    return new, changed
+
+
+def with_overrides(cfg: Config, overrides: dict[str, Any] | None) -> Config:
+    """``cfg`` with a run's changed keys (from :func:`run_overlay`) applied and validated."""
+    if not overrides:
+        return cfg
+    import copy
+
+    new = copy.deepcopy(cfg)
+    for dotted, value in overrides.items():
+        sec, key = dotted.split(".", 1)
+        if sec not in RUN_SECTIONS:
+            raise ConfigError(f"{dotted}: a run may not change [{sec}]")
+        _set_field(new, sec, key, value, "run", Path.cwd())
+    validate(new)
+    return new
+
+
+def _jsonable(v: Any) -> Any:
+    if dataclasses.is_dataclass(v):
+        return {f.name: _jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, Path):
+        return str(v)
+    return v
+
+
 def default_nodes() -> dict[str, NodeConfig]:
     """Two nodes standing for two machines: sb00-07 on node1 (which images), sb08-15 on node2."""
     return {
@@ -330,11 +468,13 @@ _SECTIONS = {
     "database": DatabaseConfig,
     "pipeline": PipelineConfig,
     "dispatch": DispatchConfig,
+    "watch": WatchConfig,
     "imaging": ImagingConfig,
     "flagging": FlaggingConfig,
     "calibration": CalibrationConfig,
     "survey": SurveyConfig,
     "flower": FlowerConfig,
+    "notify": NotifyConfig,
 }
 _NODE_KEYS = {"subbands", "imaging", "scratch_root"}
 
@@ -631,6 +771,7 @@ def validate(cfg: Config) -> None:
     if not 0 <= im.max_bandwidth_smearing < 0.5:
         raise ConfigError("imaging.max_bandwidth_smearing: must be >= 0 and < 0.5 (a fractional peak loss)")
     validate_survey(cfg.survey)
+    validate_watch(cfg.watch)
     fl = cfg.flower
     if not 0 < fl.port < 65536:
         raise ConfigError(f"flower.port: {fl.port} is not a TCP port")
@@ -639,6 +780,63 @@ def validate(cfg: Config) -> None:
     if fl.address not in ("127.0.0.1", "localhost", "::1") and not fl.basic_auth:
         raise ConfigError(f"flower.address: {fl.address} is reachable from other machines; set flower.basic_auth "
                           "(user:password) or listen on 127.0.0.1")
+    validate_notify(cfg.notify)
+
+
+_EMAIL = re.compile(r"[^@\s<>,;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
+_LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _check_address(key: str, text: str) -> None:
+    from email.utils import getaddresses
+
+    addrs = getaddresses([text])
+    if "\n" in text or "\r" in text or len(addrs) != 1 or not _EMAIL.fullmatch(addrs[0][1]):
+        raise ConfigError(f"{key}: {text!r} is not an email address like ops@example.org or "
+                          "\"Night Shift <night@example.org>\"")
+
+
+def _check_http_url(key: str, url: str) -> None:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        # the URL itself may hold a token: name only its scheme
+        raise ConfigError(f"{key}: expected an http:// or https:// URL with a host, got scheme {u.scheme or 'none'!r}")
+
+
+def validate_notify(nt: NotifyConfig) -> None:
+    """Reject inconsistent [notify] values; the message names the key."""
+    for ev in nt.on:
+        if ev not in NOTIFY_EVENTS:
+            raise ConfigError(f"notify.on: {ev!r} is not one of {', '.join(NOTIFY_EVENTS)}")
+    if not 0 < nt.smtp_port < 65536:
+        raise ConfigError(f"notify.smtp_port: {nt.smtp_port} is not a TCP port")
+    for key in ("smtp_timeout_s", "webhook_timeout_s"):
+        if not 0 < getattr(nt, key) <= 300:
+            raise ConfigError(f"notify.{key}: {getattr(nt, key)} must be in (0, 300] seconds")
+    if not 0 < nt.check_s <= 3600:
+        raise ConfigError(f"notify.check_s: {nt.check_s} must be in (0, 3600] seconds")
+    if nt.max_age_h <= 0:
+        raise ConfigError(f"notify.max_age_h: {nt.max_age_h} must be > 0 hours")
+    if any(c.isspace() or c == "/" for c in nt.smtp_host):
+        raise ConfigError(f"notify.smtp_host: {nt.smtp_host!r} is not a host name (no scheme, no spaces)")
+    for r in nt.recipients:
+        _check_address("notify.recipients", r)
+    if nt.smtp_host:
+        _check_address("notify.sender", nt.sender)
+        if not nt.recipients:
+            raise ConfigError("notify.recipients: email is on (notify.smtp_host is set) but nobody would get it; "
+                              "give a list of addresses")
+    if nt.smtp_password and not nt.smtp_user:
+        raise ConfigError("notify.smtp_user: a password is set without a user")
+    if nt.smtp_host and nt.smtp_user and not nt.smtp_starttls and nt.smtp_host not in _LOOPBACK:
+        raise ConfigError(f"notify.smtp_starttls: logging in to {nt.smtp_host} without TLS would send the password "
+                          "in clear; set notify.smtp_starttls = true")
+    if nt.webhook_url:
+        _check_http_url("notify.webhook_url", nt.webhook_url)
+    if nt.weblog_base_url:
+        _check_http_url("notify.weblog_base_url", nt.weblog_base_url)
 
 
 def validate_survey(sv: SurveyConfig) -> None:
@@ -660,6 +858,20 @@ def validate_survey(sv: SurveyConfig) -> None:
         raise ConfigError("survey.min_references: must be >= 1")
     if not 0 < sv.ese_fpr < 1:
         raise ConfigError(f"survey.ese_fpr: {sv.ese_fpr} is not a probability; give e.g. 1e-4")
+
+
+def validate_watch(w: WatchConfig) -> None:
+    """Reject inconsistent [watch] values; the message names the key."""
+    if not 0 < w.settle_s <= 3600:
+        raise ConfigError(f"watch.settle_s: {w.settle_s} must be in (0, 3600] seconds")
+    if not w.settle_s < w.block_timeout_s <= 7 * 86400:
+        raise ConfigError(f"watch.block_timeout_s: {w.block_timeout_s} must exceed watch.settle_s ({w.settle_s}) "
+                          "and be at most a week; a block waits this long for its missing subbands")
+    if not 0 < w.poll_s <= 3600:
+        raise ConfigError(f"watch.poll_s: {w.poll_s} must be in (0, 3600] seconds")
+    if w.use_inotify not in WATCH_INOTIFY:
+        raise ConfigError(f"watch.use_inotify: {w.use_inotify!r} is not one of {', '.join(WATCH_INOTIFY)} "
+                          "(write it as a string in TOML: \"off\")")
 
 
 # ---------------------------------------------------------------------------

@@ -62,6 +62,9 @@ def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = 
     from .tasks.subband import process_subband
 
     bid = spec["block_id"]
+    # A rerun's changed settings and flag template travel with its tasks (only when set, so
+    # that ordinary messages stay as they were).
+    run_args = {k: spec[k] for k in ("overrides", "flag_template") if spec.get(k)}
     header = []
     nodes_used = set()
     for sb_text, path in sorted(spec["files"].items(), key=lambda kv: int(kv[0])):
@@ -70,11 +73,12 @@ def build_chord(cfg: Config, spec: dict, imaging_node: str, token: str | None = 
         nodes_used.add(node.name)
         ms = subband_ms(cfg.scratch_root(node.name), bid, sb)
         header.append(
-            process_subband.s(bid, sb, path, str(ms), spec["mid_jd"], node.name, token=token).set(queue=node.queue)
+            process_subband.s(bid, sb, path, str(ms), spec["mid_jd"], node.name, token=token, **run_args)
+            .set(queue=node.queue)
         )
     callback = image_block.s(
         block_id=bid, node=imaging_node, missing=spec["missing"], nodes_used=sorted(nodes_used), token=token,
-        run_id=spec.get("run_id"),
+        run_id=spec.get("run_id"), **({"overrides": spec["overrides"]} if spec.get("overrides") else {}),
     ).set(queue=cfg.node(imaging_node).queue, ignore_result=True)  # its outcome is in the database
     return chord(header, callback)
 
@@ -94,11 +98,13 @@ ACTIVE_OR_DONE = (db.QUEUED, db.RUNNING, db.IMAGING, db.DONE)
 
 
 def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = False,
-           run_id: str | None = None, node_of: dict[int, str] | None = None) -> list[Submitted]:
+           run_id: str | None = None, node_of: dict[int, str] | None = None,
+           spec_extra: dict | None = None) -> list[Submitted]:
     """Put blocks in the work queue and record them as queued.
 
     A block already queued, running or done is left alone unless ``force``;
-    a block in flight is never handed out twice.
+    a block in flight is never handed out twice. ``spec_extra`` is added to
+    every block's spec (a rerun's ``overrides`` and ``flag_template``).
     """
     check_data_dir(cfg, data_dir)
     url = cfg.database_url
@@ -111,7 +117,8 @@ def submit(cfg: Config, blocks: list[Block], data_dir: Path, *, force: bool = Fa
         if prev_state in ACTIVE_OR_DONE and not force:
             out.append(Submitted(block.block_id, "skipped", prev_state))
             continue
-        spec = dict(block_spec(block, data_dir, run_id, node_of), calibrator=cal_of[block.block_id])
+        spec = dict(block_spec(block, data_dir, run_id, node_of), calibrator=cal_of[block.block_id],
+                    **(spec_extra or {}))
         outcome = queue.enqueue(block.block_id, spec, force=force, first=cal_of[block.block_id] is not None)
         if outcome in ("inflight", "pending"):  # already waiting or running: never twice
             out.append(Submitted(block.block_id, "skipped" if outcome == "pending" else "inflight",

@@ -173,6 +173,64 @@ def submit_selection(cfg: Config, sel: Selection, *, force: bool = False, dry_ru
     return RunResult(run_id, sel, subs)
 
 
+def rerun(cfg: Config, block_id: str, *, flags: str | Path | None = None, config_path: str | Path | None = None,
+          who: str | None = None) -> RunResult:
+    """Process one block again as a new run, with a flag template and/or changed settings.
+
+    The template is checked line by line and the settings file laid over the
+    site configuration (only the science sections may change) before anything
+    is queued; both are recorded with the run (``flags.txt``, ``config.toml``,
+    the run's selection) and travel with its tasks. The earlier runs' products
+    stay where they are.
+
+    Raises
+    ------
+    KeyError
+        The block is unknown, or its files are gone.
+    FlagTemplateError, ConfigError
+        A bad template (the line named) or settings file (the key named).
+    ContimgError
+        The block is queued or running now.
+    """
+    from . import flagtemplate
+    from .errors import ContimgError
+    from .products import check_block_id
+
+    check_block_id(block_id)
+    rec = db.block(cfg.database_url, block_id)
+    data_dir = Path(rec["data_dir"]) if rec and rec.get("data_dir") else cfg.paths.data_root
+    try:
+        block = discover(data_dir, tolerance_s=cfg.pipeline.block_tolerance_s, recursive=True).block(block_id)
+    except (KeyError, FileNotFoundError, NotADirectoryError):
+        known = "it is in the products database but its files are gone" if rec else "no such block"
+        raise KeyError(f"unknown block id {block_id} under {data_dir} ({known}); "
+                       "`contimg status` lists the known blocks") from None
+    if rec and rec["state"] in (db.QUEUED, db.RUNNING, db.IMAGING):
+        raise ContimgError(f"block {block_id} is {rec['state']} now; wait for it to finish, then rerun it")
+    commands = flagtemplate.check_file(flags) if flags else []
+    run_cfg, overrides = _config.run_overlay(cfg, config_path) if config_path else (cfg, {})
+    run_id = new_run_id("rerun")
+    selection = {"block_id": block_id, "flags": str(flags) if flags else None,
+                 "config": str(config_path) if config_path else None, "overrides": overrides,
+                 "n_flag_commands": len(commands)}
+    db.create_run(cfg.database_url, run_id, kind="rerun", selection=selection, submitted_by=who or _whoami(),
+                  config_toml=_run_config_toml(run_cfg), remap={}, block_ids=[block_id])
+    write_run_directory(cfg, run_id, kind="rerun", selection=selection, config_toml=_run_config_toml(run_cfg),
+                        block_ids=[block_id])
+    extra: dict = {}
+    if overrides:
+        extra["overrides"] = overrides
+    if flags:
+        kept = products.run_file(cfg.paths.products_root, run_id, "flags.txt")
+        tmp = products.temporary_name(kept)
+        tmp.write_text(Path(flags).read_text())
+        tmp.replace(kept)
+        db.record_run_product(cfg.database_url, run_id, "", "flag_template", kept, source=str(flags))
+        extra["flag_template"] = str(kept)
+    subs = submit(run_cfg, [block], data_dir, force=True, run_id=run_id, spec_extra=extra)
+    return RunResult(run_id, Selection("rerun", selection, [block], data_dir), subs)
+
+
 def failed_blocks(cfg: Config, run_id: str | None = None, block_ids: list[str] | None = None) -> Selection:
     """The failed blocks (of a run, or among ``block_ids``) as a selection to submit again."""
     url = cfg.database_url
@@ -257,4 +315,4 @@ def _redacted(url: str) -> str:
 
 
 __all__ = ["parse_lst", "block_lst_hours", "select_night", "select_lst", "parse_remap", "apply_remap",
-           "submit_selection", "failed_blocks", "RunResult", "Selection"]
+           "submit_selection", "failed_blocks", "rerun", "RunResult", "Selection"]

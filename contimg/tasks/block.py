@@ -9,6 +9,7 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 
 from .. import database as db
+from ..config import with_overrides
 from ..errors import PermanentError, TransientError
 from ..products import block_products, block_scratch_dir
 from .app import app, current_config, lease_holds, soft_time_limit_s, work_queue
@@ -26,7 +27,8 @@ def _describe_failures(results: list[dict], missing: list[int]) -> str:
 
 @app.task(bind=True, name="contimg.image_block")
 def image_block(self, results: list[dict], block_id: str, node: str, missing: list[int] | None = None,
-                nodes_used: list[str] | None = None, token: str | None = None, run_id: str | None = None) -> dict:
+                nodes_used: list[str] | None = None, token: str | None = None, run_id: str | None = None,
+                overrides: dict | None = None) -> dict:
     """Concatenate the good subbands of a block, image Stokes I, register products.
 
     With a ``run_id`` the products go to that run's directory and are also
@@ -35,7 +37,7 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     A block with fewer good subbands than ``pipeline.min_subbands`` is recorded
     as failed with the reason; the night goes on.
     """
-    cfg = current_config()
+    cfg = with_overrides(current_config(), overrides)  # a rerun's changed settings
     url = cfg.database_url
     if not lease_holds(block_id, token) or any(r.get("state") == "superseded" for r in results):
         log.warning("block %s: stale lease, the block was handed out again; this copy stops", block_id)

@@ -15,7 +15,8 @@ import time
 from celery.exceptions import SoftTimeLimitExceeded
 
 from .. import database as db
-from ..config import check_path_in_roots
+from .. import flagtemplate
+from ..config import check_path_in_roots, with_overrides
 from ..errors import PermanentError, TransientError
 from ..products import block_scratch_dir
 from .app import app, current_config, lease_holds, soft_time_limit_s
@@ -34,13 +35,15 @@ def _result(block_id: str, subband: int, node: str, state: str, **extra) -> dict
 
 @app.task(bind=True, name="contimg.process_subband")
 def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: str,
-                    block_mid_jd: float, node: str, token: str | None = None) -> dict:
+                    block_mid_jd: float, node: str, token: str | None = None, overrides: dict | None = None,
+                    flag_template: str | None = None) -> dict:
     """Convert, flag and calibrate one subband file in the node's scratch.
 
     Returns a structured result (``state`` ok with ``ms_path``, or failed with
     ``reason``) instead of raising, so one bad subband never strands the chord
     (FIELD-NOTES §4). Only :class:`TransientError` is retried. A task whose
     lease ``token`` is stale (the block was handed out again) does nothing.
+    A rerun's ``overrides`` (changed settings) and ``flag_template`` apply to this task only.
     """
     cfg = current_config()
     if not lease_holds(block_id, token):
@@ -61,10 +64,12 @@ def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
     try:
         src = check_path_in_roots(cfg, uvh5_path, "subband file")
         dst = check_path_in_roots(cfg, ms_path, "subband MS")
+        cfg = with_overrides(cfg, overrides)
+        template = check_path_in_roots(cfg, flag_template, "flag template") if flag_template else None
         if cfg.pipeline.stage_set == "noop":
             steps, details, extra = _noop_stages(cfg, src)
         else:
-            steps, details, extra = _science_stages(cfg, block_id, subband, src, dst, block_mid_jd)
+            steps, details, extra = _science_stages(cfg, block_id, subband, src, dst, block_mid_jd, template)
     except TransientError as e:
         if self.request.retries < cfg.pipeline.max_retries:
             db.upsert_subband(url, block_id, subband, reason=f"retrying: {e}")
@@ -86,8 +91,8 @@ def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: 
                    steps_s=steps, **extra)
 
 
-def _science_stages(cfg, block_id: str, subband: int, src, dst, block_mid_jd: float):
-    """Convert, flag, calibrate; returns (step seconds, details for the database, result extras)."""
+def _science_stages(cfg, block_id: str, subband: int, src, dst, block_mid_jd: float, template=None):
+    """Convert, flag (and the rerun's flag template), calibrate; returns (step seconds, details, result extras)."""
     from ..calibrate_step import calibrate_subband
     from ..convert import convert_subband
     from ..fast_convert import convert_subband_fast
@@ -101,11 +106,14 @@ def _science_stages(cfg, block_id: str, subband: int, src, dst, block_mid_jd: fl
     steps["convert_s"] = time.monotonic() - t
     t = time.monotonic()
     flags = flag_subband(dst, cfg.flagging, date=block_id[:10])
+    applied_template = flagtemplate.apply(dst, template) if template is not None else None
     steps["flag_s"] = time.monotonic() - t
     t = time.monotonic()
     cal = calibrate_subband(cfg, block_id, subband, dst, block_mid_jd, res.pointing_dec_deg)
     steps["calibrate_s"] = time.monotonic() - t
     details = {"convert": res.as_dict(), "flags": flags.as_dict(), "calibration": cal}
+    if applied_template:
+        details["flag_template"] = applied_template
     return steps, details, {"uvw_max_m": res.uvw_check_max_m, "calibration": cal["calibration"]}
 
 
