@@ -767,3 +767,53 @@ def archived(url: str, run_id: str) -> list[dict[str, Any]]:
         return [{"run_id": r.run_id, "block_id": r.block_id, "kind": r.kind, "source_path": r.source_path,
                  "archive_path": r.archive_path, "sha256": r.sha256, "size_bytes": r.size_bytes,
                  "metadata": r.metadata_json or {}, "ingested_at": _iso(r.ingested_at)} for r in s.scalars(q)]
+
+
+# -- cleanup of runs' working directories (contimg/archive.py) ----------------------------
+
+
+class CleanupRow(Base):
+    """A run whose working directory was deleted once the archive held every product of it."""
+
+    __tablename__ = "cleanups"
+
+    run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    cleaned_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+    freed_bytes: Mapped[int] = mapped_column(Integer, default=0)
+    directory: Mapped[str] = mapped_column(Text, default="")
+
+
+def record_cleanup(url: str, run_id: str, *, freed_bytes: int, directory: str, repoint: dict[str, str]) -> None:
+    """In one transaction: record the cleanup of ``run_id`` (its working ``directory`` deleted), point every
+    ``products`` row whose path is a key of ``repoint`` at its archive copy, and mark the other rows whose path
+    lay inside ``directory`` as deleted (not archived: the concatenated MS)."""
+    prefix = directory.rstrip("/") + "/"
+    with session(url) as s:
+        row = s.get(CleanupRow, run_id)
+        if row is None:
+            row = CleanupRow(run_id=run_id)
+            s.add(row)
+        row.cleaned_at, row.freed_bytes, row.directory = utcnow(), freed_bytes, directory
+        for p in s.scalars(select(ProductRow).where(ProductRow.path.startswith(prefix, autoescape=True))):
+            if p.path in repoint:
+                p.details = {**(p.details or {}), "working_path": p.path, "archived_by_run": run_id}
+                p.path = repoint[p.path]
+            else:
+                p.details = {**(p.details or {}), "deleted": f"not archived; deleted by the cleanup of run {run_id}"}
+
+
+def cleanup_of(url: str, run_id: str) -> dict[str, Any] | None:
+    """The recorded cleanup of a run, or None."""
+    with session(url) as s:
+        r = s.get(CleanupRow, run_id)
+        if r is None:
+            return None
+        return {"run_id": r.run_id, "cleaned_at": _iso(r.cleaned_at), "freed_bytes": r.freed_bytes,
+                "directory": r.directory}
+
+
+def runs_with_product(url: str, kind: str) -> set[str]:
+    """Ids of the runs that registered a run-level product of this kind (e.g. ``weblog``)."""
+    with session(url) as s:
+        q = select(RunProductRow.run_id).where(RunProductRow.kind == kind, RunProductRow.block_id == "")
+        return {r[0] for r in s.execute(q)}

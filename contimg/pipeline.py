@@ -200,19 +200,27 @@ class Dispatcher:
         return events + self.notify()
 
     def notify(self, force: bool = False) -> list[str]:
-        """Email and post the runs and nights that finished (contimg/notify.py), at most every
-        ``notify.check_s`` unless ``force``; never raises: a notification never stops dispatching."""
+        """Write the weblogs of runs that finished, then email and post the runs and nights
+        that finished (contimg/notify.py), at most every ``notify.check_s`` unless ``force``;
+        never raises: neither ever stops dispatching."""
         now = time.monotonic()
         if not force and now - self._notified_at < self.cfg.notify.check_s:
             return []
         self._notified_at = now
+        events = []
+        try:  # weblogs first: the notifications link to them
+            from .weblog import render_finished_runs
+
+            events += [f"weblog {p}" for p in render_finished_runs(self.cfg)]
+        except Exception:
+            log.exception("weblog pass failed; dispatching goes on")
         try:
             from .notify import describe, notify_finished_runs
 
-            return [describe(n) for n in notify_finished_runs(self.cfg)]
+            return events + [describe(n) for n in notify_finished_runs(self.cfg)]
         except Exception:
             log.exception("notification pass failed (the products database?); dispatching goes on")
-            return []
+            return events
 
     def _app(self):
         from .tasks.app import app

@@ -366,6 +366,7 @@ def render_run(cfg: Config, run_id: str) -> Path:
     if not found:
         raise KeyError(f"unknown run id {run_id}; `contimg runs` lists the runs")
     run = found[0]
+    run["qa"] = db.qa(url, run_id)
     blocks = db.blocks(url, run["block_ids"])
     meta = (f"run <b>{html.escape(run_id)}</b> ({html.escape(run['kind'])}) submitted by "
             f"{html.escape(run['submitted_by'] or '?')} at {html.escape(run['submitted_at'] or '?')}; "
@@ -381,6 +382,27 @@ def render_run(cfg: Config, run_id: str) -> Path:
     return _write(products.run_weblog(cfg.paths.products_root, run_id), page)
 
 
+def render_finished_runs(cfg: Config) -> list[Path]:
+    """Write the weblog of every run whose blocks all ended and that has none yet (and its night's).
+
+    The weblog is registered as the run's product (block ``""``, kind ``weblog``) so
+    that each is written once; ``contimg weblog RUN`` rewrites it on demand.
+    """
+    url = cfg.database_url
+    out = []
+    written = db.runs_with_product(url, "weblog")
+    for run in db.runs(url):
+        states = set(run["states"])
+        if run["run_id"] in written or not run["block_ids"] or not states <= {db.DONE, db.FAILED}:
+            continue
+        page = render_run(cfg, run["run_id"])
+        db.record_run_product(url, run["run_id"], "", "weblog", page)
+        out.append(page)
+        for date in sorted({b[:10] for b in run["block_ids"]}):
+            out.append(render_night(cfg, date))
+    return out
+
+
 def render_night(cfg: Config, date: str) -> Path:
     """Write the night's weblog (every block of the UTC date, its runs, mosaics); returns its path."""
     url = cfg.database_url
@@ -388,6 +410,8 @@ def render_night(cfg: Config, date: str) -> Path:
     if not blocks:
         raise KeyError(f"no blocks recorded for {date}; `contimg status` lists the known blocks")
     runs = [r for r in db.runs(url) if any(b.startswith(date) for b in r["block_ids"])]
+    for r in runs:
+        r["qa"] = db.qa(url, r["run_id"])
     rows = [[r["run_id"], r["kind"], r["submitted_at"], str(r["states"]),
              (r.get("qa") or {}).get("state", "")] for r in runs]
     links = "".join(f'<li><a href="../../runs/{html.escape(r["run_id"])}/index.html">{html.escape(r["run_id"])}</a></li>'

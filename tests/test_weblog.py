@@ -117,3 +117,11 @@ def test_unknown_run_id(recorded_run, capsys, monkeypatch):
     assert err.count("\n") == 0 and "unknown run id 20990101T000000-night-ffffff" in err
     assert main(["weblog", "not-a-run"]) == 1
     assert "is not a run id" in capsys.readouterr().err
+
+
+def test_finished_runs_get_their_weblog_once(recorded_run):
+    cfg, run_id, _ = recorded_run
+    first = weblog.render_finished_runs(cfg)
+    assert [p.parent.name for p in first][:1] == [run_id] and first[1].name == "index.html"
+    assert weblog.render_finished_runs(cfg) == []  # registered: not written again
+    assert [p["kind"] for p in db.run_products(cfg.database_url, run_id)] == ["weblog"]
