@@ -72,6 +72,8 @@ class CatalogueUpdate:
     n_total: int
     n_references: int
     new_names: list[str] = field(default_factory=list)
+    noise_factor: float = 1.0
+    """The mosaic's noise map was multiplied by this (its image/noise scatter) before finding sources."""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -143,9 +145,66 @@ def build_from_mosaic(url: str, image_fits: str | Path, noise_fits: str | Path |
         candidate = MosaicProducts(image_fits.parent, parsed[0]).noise_fits
         noise_fits = candidate if candidate.is_file() else None
     label = mosaic or (parsed[0] if parsed else image_fits.name.removesuffix(".fits"))
-    table = find_sources_fits(image_fits, noise_fits, finder)
+    k = noise_map_factor(image_fits, noise_fits) if noise_fits is not None else 1.0
+    if k > NOISE_FACTOR_TOLERANCE:
+        # The map assumes independent block noises; blocks that share their uv
+        # coverage (one field at one LST on many days) share their deconvolution
+        # residuals, which do not average down. Trust the measured scatter.
+        table = _find_with_factor(image_fits, noise_fits, finder, k)
+    else:
+        k = 1.0
+        table = find_sources_fits(image_fits, noise_fits, finder)
     beam_major_deg = float(table.meta["beam_major_arcsec"]) / 3600.0
-    return merge_detections(url, table, label, beam_major_deg, settings)
+    upd = merge_detections(url, table, label, beam_major_deg, settings)
+    upd.noise_factor = k
+    return upd
+
+
+NOISE_FACTOR_TOLERANCE = 1.1
+"""A mosaic whose signal-to-noise map scatters this much more than 1 has its noise map scaled up."""
+
+
+def noise_map_factor(image_fits: str | Path, noise_fits: str | Path) -> float:
+    """Robust standard deviation (1.4826 MAD) of image / noise: 1 when the noise map is right.
+
+    Sources occupy a small fraction of the pixels, so the median statistics see the noise.
+    """
+    from astropy.io import fits
+
+    planes = []
+    for path in (image_fits, noise_fits):
+        with fits.open(path, memmap=False) as hdul:
+            data = np.asarray(hdul[0].data, dtype=np.float64)
+        while data.ndim > 2:
+            data = data[0]
+        planes.append(data)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        snr = planes[0] / planes[1]
+    snr = snr[np.isfinite(snr)]
+    if snr.size < 100:
+        return 1.0
+    return float(1.4826 * np.median(np.abs(snr - np.median(snr))))
+
+
+def _find_with_factor(image_fits, noise_fits, finder: FinderSettings, k: float):
+    """:func:`contimg.sourcefind.find_sources` with the noise map times ``k``."""
+    from astropy.io import fits
+    from astropy.wcs import WCS
+
+    from .sourcefind import find_sources
+
+    planes = []
+    for path in (image_fits, noise_fits):
+        with fits.open(path, memmap=False) as hdul:
+            header = hdul[0].header.copy()
+            data = np.asarray(hdul[0].data, dtype=np.float64)
+        while data.ndim > 2:
+            data = data[0]
+        planes.append((header, data))
+    (h, image), (_, noise) = planes
+    table = find_sources(image, WCS(h).celestial, (h["BMAJ"], h["BMIN"], h["BPA"]), noise * k, finder)
+    table.meta.update(image=str(image_fits), noise_map=f"{noise_fits} x {k:.3f} (measured scatter of image/noise)")
+    return table
 
 
 def merge_detections(url: str, table, mosaic: str, beam_major_deg: float,

@@ -73,3 +73,20 @@ def test_export_round_trips(tmp_path):
         path = catalogue.export(url, tmp_path / f"c.{fmt}", fmt)
         t = Table.read(path, format=astropy_fmt)
         assert list(t["flux"]) == [0.5, 0.2] and t["ra"].unit == "deg"
+
+
+def test_noise_map_that_underestimates_the_scatter_is_scaled(tmp_path):
+    """Blocks of one field at one LST share their residual sidelobes: the mosaic's map is then too low."""
+    from astropy.io import fits
+
+    from contimg import images_sim
+
+    spec = images_sim.StripSpec(n_blocks=1, sigmas_jy=[3e-3])
+    image, _, h = images_sim.synth_block(spec, 0, [150.0], [54.6], [0.3], rng=2)
+    fits.PrimaryHDU(image.reshape(1, 1, *image.shape), header=h).writeto(tmp_path / "m.image.fits")
+    fits.PrimaryHDU(np.full((1, 1, *image.shape), 1e-3, np.float32), header=h).writeto(tmp_path / "m.noise.fits")
+    assert catalogue.noise_map_factor(tmp_path / "m.image.fits", tmp_path / "m.noise.fits") == pytest.approx(3, rel=0.1)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    up = catalogue.build_from_mosaic(url, tmp_path / "m.image.fits", tmp_path / "m.noise.fits")
+    assert up.noise_factor == pytest.approx(3, rel=0.1)
+    assert up.n_new == 1  # the one source; no noise peaks at "5 sigma" of the too-low map

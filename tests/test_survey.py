@@ -280,3 +280,16 @@ def test_help(cmd):
     with pytest.raises(SystemExit) as e:
         build_parser().parse_args([*cmd, "--help"])
     assert e.value.code == 0
+
+
+def test_refresh_references_demotes_only_the_variable_one(survey_run, measured):
+    """Run last in this module: it changes the reference set of the shared database."""
+    s, m = survey_run, measured
+    ese_name = next(n for n, i in m["truth_of"].items() if i == s["ese_idx"])
+    was_reference = {c["name"]: c["is_reference"] for c in db.catalogue_sources(s["url"])}
+    demoted = survey.refresh_references(s["url"])
+    assert demoted == ([ese_name] if was_reference[ese_name] else [])
+    assert not db.catalogue_sources(s["url"], names=[ese_name])[0]["is_reference"]
+    # Measuring again with the new reference set keeps every block scaled.
+    r = contimg("photometry", "--json", env=s["env"])
+    assert r.returncode == 0 and {x["state"] for x in json.loads(r.stdout)} == {"ok"}
