@@ -491,6 +491,77 @@ def cmd_weblog(args) -> int:
     return EXIT_OK
 
 
+
+# -- QA, ingest, cleanup (contimg/qa.py, contimg/archive.py) -------------------
+
+
+def cmd_qa(args) -> int:
+    """Record a run's QA verdict (with the analyst, the date and a report) and show it in its weblog."""
+    from .qa import set_verdict
+
+    cfg = _load_config(args)
+    rec = set_verdict(cfg, args.run, args.state, report=args.report, analyst=args.analyst)
+    if args.json:
+        _print_json(rec)
+    else:
+        print(f"{rec['run_id']}: QA {rec['state']} by {rec['analyst']} at {rec['at']}"
+              + (f"; report {rec['report_path']}" if rec.get("report_path") else "") + f"; weblog {rec['weblog']}")
+    return EXIT_OK
+
+
+def cmd_ingest(args) -> int:
+    """Copy a run's products into the archive with metadata and checksums; register them."""
+    from .archive import ingest
+
+    cfg = _load_config(args)
+    res = ingest(cfg, args.run, force=args.force)
+    if args.json:
+        _print_json(res)
+        return EXIT_OK
+    print(f"run {res['run_id']} -> {res['archive_directory']}")
+    for reason in res.get("forced") or []:
+        print(f"  ingested with --force despite: {reason}")
+    if res.get("cleaned_at"):
+        print(f"  (working directory cleaned up at {res['cleaned_at']}; the archive is all there is)")
+    counts: dict[str, int] = {}
+    for e in res["products"]:
+        counts[e["status"]] = counts.get(e["status"], 0) + 1
+        print(f"  {e['status']:<17} {e['name']}  ({e['size_bytes']} bytes, sha256 {e['sha256'][:12]})")
+    print(f"{len(res['products'])} products: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())))
+    return EXIT_OK
+
+
+def cmd_cleanup(args) -> int:
+    """Delete a run's working directory once the archive verifiably holds its products (or every expired one)."""
+    from .archive import cleanup, cleanup_expired
+
+    cfg = _load_config(args)
+    if bool(args.run) == bool(args.expired):
+        raise ContimgError("give a run id or --expired (one of them)")
+    if args.expired:
+        rows = cleanup_expired(cfg, dry_run=args.dry_run)
+        if args.json:
+            _print_json(rows)
+            return EXIT_OK
+        if not rows:
+            print("no run has a working directory left")
+        for r in rows:
+            what = r["reason"] if r["state"] == "kept" else f"{r['freed_bytes']} bytes"
+            print(f"{r['run_id']}  {r['state']:<11} {r['age_days']:>7.1f} d  {what}")
+        return EXIT_OK
+    res = cleanup(cfg, args.run, dry_run=args.dry_run)
+    if args.json:
+        _print_json(res)
+    elif res["state"] == "already cleaned":
+        print(f"run {res['run_id']} is already cleaned (at {res['cleaned_at']}, {res['freed_bytes']} bytes freed)")
+    elif res["state"] == "no working directory":
+        print(f"run {res['run_id']} has no working directory ({res['directory']}); nothing to delete")
+    else:
+        print(f"run {res['run_id']}: {res['state']} {res['directory']} ({res['products']} products verified in the "
+              f"archive by sha256; {res['freed_bytes']} bytes)")
+    return EXIT_OK
+
+
 # -- worker --------------------------------------------------------------------
 
 
@@ -927,6 +998,32 @@ def build_parser() -> argparse.ArgumentParser:
     wl.add_argument("--night", help="UTC date YYYY-MM-DD: the night's weblog instead")
     wl.add_argument("--json", action="store_true", help="machine-readable output")
     wl.set_defaults(func=cmd_weblog)
+
+    qa = sub.add_parser("qa", help="record a run's QA verdict (pass, fail, null) with a report; shown in its weblog")
+    qa.add_argument("run", help="run id (`contimg runs` lists them)")
+    qv = qa.add_mutually_exclusive_group(required=True)
+    qv.add_argument("--pass", dest="state", action="store_const", const="pass", help="the run is good")
+    qv.add_argument("--fail", dest="state", action="store_const", const="fail", help="the run is bad")
+    qv.add_argument("--null", dest="state", action="store_const", const="null", help="no verdict possible")
+    qa.add_argument("--report", help="the analyst's report (text file), copied to the run as qa_report.txt")
+    qa.add_argument("--analyst", help="who gives the verdict (default: your login name)")
+    qa.add_argument("--json", action="store_true", help="machine-readable output")
+    qa.set_defaults(func=cmd_qa)
+
+    ig = sub.add_parser("ingest", help="copy a run's products into the archive with metadata and checksums")
+    ig.add_argument("run", help="run id (`contimg runs` lists them)")
+    ig.add_argument("--force", action="store_true",
+                    help="ingest a run with failed blocks (the products it has); replace differing archive copies")
+    ig.add_argument("--json", action="store_true", help="machine-readable output (per product: copied, already archived...)")
+    ig.set_defaults(func=cmd_ingest)
+
+    cu = sub.add_parser("cleanup", help="delete a run's working directory once the archive holds its products")
+    cu.add_argument("run", nargs="?", help="run id (`contimg runs` lists them)")
+    cu.add_argument("--expired", action="store_true",
+                    help="every run older than archive.expire_days whose products are all archived")
+    cu.add_argument("--dry-run", action="store_true", help="verify and report; delete nothing")
+    cu.add_argument("--json", action="store_true", help="machine-readable output")
+    cu.set_defaults(func=cmd_cleanup)
 
     nd = sub.add_parser("nodes", help="each node: worker up or down, tasks queued, blocks in flight")
     nd.add_argument("--json", action="store_true", help="machine-readable output")

@@ -335,6 +335,8 @@ class Config:
     survey: SurveyConfig = field(default_factory=SurveyConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    archive: ArchiveConfig = field(default_factory=lambda: ArchiveConfig())
+    """Defined at the end of this module (``[archive]``)."""
     source: dict[str, str] = field(default_factory=dict, repr=False)
     """Where each dotted key's value came from: default, file:PATH or env:VAR."""
     file: Path | None = None
@@ -781,6 +783,7 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"flower.address: {fl.address} is reachable from other machines; set flower.basic_auth "
                           "(user:password) or listen on 127.0.0.1")
     validate_notify(cfg.notify)
+    validate_archive(cfg.archive)
 
 
 _EMAIL = re.compile(r"[^@\s<>,;:\"]+@[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?")
@@ -976,3 +979,26 @@ def check_path_in_roots(cfg: Config, path: str | os.PathLike, what: str = "path"
     from .errors import PermanentError
 
     raise PermanentError(f"{what} {p} is outside the configured roots; add its root to paths.allowed_roots")
+
+
+# ---------------------------------------------------------------------------
+# [archive]: ingest into paths.archive_root and cleanup of runs' working directories
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class ArchiveConfig:
+    """Ingest and cleanup of runs (``contimg ingest``, ``contimg cleanup``; contimg/archive.py, docs/operations.md)."""
+
+    expire_days: float = 30.0
+    """``contimg cleanup --expired`` deletes the working directory of a run submitted longer ago than this
+    (days), and only when the archive holds every product of the run (checked by checksum)."""
+
+
+_SECTIONS["archive"] = ArchiveConfig
+
+
+def validate_archive(ar: ArchiveConfig) -> None:
+    """Reject inconsistent [archive] values; the message names the key."""
+    if not 0 < ar.expire_days <= 36500:
+        raise ConfigError(f"archive.expire_days: {ar.expire_days} must be in (0, 36500] days")

@@ -19,6 +19,8 @@ mosaic products     ``{products_root}/mosaics/{date}/{mosaic_id}/``:
                     ``{mosaic_id}.sources.ecsv`` and ``.sources.vot`` (catalogue)
 run weblogs         ``{products_root}/runs/{run_id}/index.html`` (self-contained HTML)
 night weblogs       ``{products_root}/nights/{date}/index.html``
+archive             ``{archive_root}/{date}/{run_id}/`` (``contimg ingest``): the run directory's
+                    products in the same layout, each with ``{file}.meta.json`` beside it
 watch state         ``{products_root}/watch/{incoming}-{hash}.json`` (``contimg watch``)
 survey products     ``{products_root}/survey/``: ``catalogue.sources.ecsv`` and ``.sources.vot``
                     (the reference catalogue exported from the database),
@@ -415,3 +417,41 @@ def night_weblog(products_root: str | Path, date: str) -> Path:
     """``{products_root}/nights/{date}/index.html``."""
     datetime.strptime(date, "%Y-%m-%d")
     return Path(products_root) / "nights" / date / "index.html"
+
+
+# -- the archive --------------------------------------------------------------------
+# {archive_root}/{date}/{run_id}/ mirrors the run directory: config.toml, run.json,
+# flags.txt, qa_report.txt, index.html and blocks/{block_id}/{block_id}.{kind}.fits;
+# beside every archived file its metadata, ``{file}.meta.json``.
+
+ARCHIVE_META_SUFFIX = ".meta.json"
+
+
+def run_date(run_id: str, block_ids: list[str] | None = None) -> str:
+    """The UTC date a run is archived under: its earliest block's, else its submission date (from the run id)."""
+    ids = sorted(check_block_id(b) for b in block_ids or [])
+    if ids:
+        return ids[0][:10]
+    r = check_run_id(run_id)
+    return f"{r[0:4]}-{r[4:6]}-{r[6:8]}"
+
+
+def archive_run_directory(archive_root: str | Path, run_id: str, date: str) -> Path:
+    """``{archive_root}/{date}/{run_id}/``: where a run's products are archived."""
+    datetime.strptime(date, "%Y-%m-%d")
+    return Path(archive_root) / date / check_run_id(run_id)
+
+
+def archive_product(archive_root: str | Path, run_id: str, date: str, block_id: str, filename: str) -> Path:
+    """Archive path of one product: ``blocks/{block_id}/{filename}`` for a block's, ``{filename}`` for the run's
+    (``block_id == ""``), under :func:`archive_run_directory`."""
+    if not filename or "/" in filename or filename.startswith("."):
+        raise ValueError(f"{filename!r} is not a product file name")
+    d = archive_run_directory(archive_root, run_id, date)
+    return d / "blocks" / check_block_id(block_id) / filename if block_id else d / filename
+
+
+def archive_metadata(archived_file: str | Path) -> Path:
+    """The metadata sidecar of an archived file: ``{file}.meta.json``."""
+    p = Path(archived_file)
+    return p.with_name(p.name + ARCHIVE_META_SUFFIX)
