@@ -38,6 +38,7 @@ CASA is not thread-safe: call these functions from one thread per process.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -555,6 +556,9 @@ def image_block(
     stats = measure_image(fits_paths["image"], fits_paths["image.pbcor"])
     seconds["measure"] = round(time.perf_counter() - t, 3)
     seconds["total"] = round(time.perf_counter() - t0, 3)
+    # One parseable line (bench/block.py reads it from the worker log): the
+    # products database keeps only the image step's total.
+    log.info("block %s: image steps %s", block_id, json.dumps(seconds))
     return ImageResult(
         block_id=block_id,
         ms_path=str(ms),
