@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast redis clean
+.PHONY: setup demo test test-fast test-long redis clean
 
 setup: $(VENV)/.installed redis
 
@@ -26,10 +26,14 @@ demo: setup
 	$(VENV)/bin/contimg demo --dir demo
 
 test: setup
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -m "not long"
+
+# the tests marked long (tens of minutes: 20 CASA-imaged epochs of the survey)
+test-long: setup
+	$(PY) -m pytest -ra -m long
 
 test-fast: setup
-	$(PY) -m pytest -ra -m "not slow"
+	$(PY) -m pytest -ra -m "not slow and not long"
 
 clean:
 	rm -rf demo .pytest_cache

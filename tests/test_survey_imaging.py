@@ -75,6 +75,7 @@ def imaged(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~21 min on 2 cores: `make test-long`
 def test_casa_imaged_survey_finds_the_ese_and_measures_fluxes(imaged):
     d, url, truth = imaged["d"], imaged["url"], imaged["truth"]
     runs = imaged["runs"]
