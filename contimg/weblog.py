@@ -262,7 +262,8 @@ def blocks_section(blocks: list[dict]) -> Section:
                          "reason"], classes)
     figs = []
     for b in blocks:
-        path = (b.get("products") or {}).get("pbcor_fits") or (b.get("products") or {}).get("image_fits")
+        prods = b.get("products") or {}
+        path = prods.get("image_pbcor_fits") or prods.get("pbcor_fits") or prods.get("image_fits")
         if path and Path(path).is_file():
             img = b.get("image") or {}
             cap = (f"beam {img.get('beam_major_arcsec', 0):.0f}x{img.get('beam_minor_arcsec', 0):.0f} arcsec, "
