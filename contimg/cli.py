@@ -476,6 +476,24 @@ def cmd_nodes(args) -> int:
     return EXIT_OK
 
 
+def cmd_mosaic(args) -> int:
+    """One mosaic per declination strip of a night, from its imaged blocks."""
+    from .strips import night_mosaics
+
+    cfg = _load_config(args)
+    results = night_mosaics(cfg, args.night)
+    if args.json:
+        _print_json(results)
+        return EXIT_OK
+    for r in results:
+        print(f"{r['mosaic_id']}: {r['n_blocks']} blocks, {r['shape'][1]}x{r['shape'][0]} pixels of "
+              f"{r['cell_arcsec']:g} arcsec, noise {1e3 * r['noise_min_jy']:.2f}-{1e3 * r['noise_median_jy']:.2f} "
+              f"mJy/beam (min-median)")
+        for kind, path in sorted(r["paths"].items()):
+            print(f"    {kind}: {path}")
+    return EXIT_OK
+
+
 def cmd_weblog(args) -> int:
     """Write the self-contained HTML weblog of a run or a night; print its path."""
     from . import weblog
@@ -992,6 +1010,11 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--concurrency", type=int, default=1, help="worker processes (CASA: one call per process)")
     w.add_argument("--loglevel", default="INFO", help="Celery log level")
     w.set_defaults(func=cmd_worker)
+
+    mo = sub.add_parser("mosaic", help="mosaic the night's block images, one mosaic per declination strip")
+    mo.add_argument("--night", required=True, help="UTC date YYYY-MM-DD")
+    mo.add_argument("--json", action="store_true", help="machine-readable output")
+    mo.set_defaults(func=cmd_mosaic)
 
     wl = sub.add_parser("weblog", help="write the HTML weblog of a run (or a night) and print its path")
     wl.add_argument("run", nargs="?", help="run id (`contimg runs` lists them)")
