@@ -45,7 +45,7 @@ import numpy as np
 from scipy import stats as _stats
 
 from contimg.errors import PermanentError
-from contimg.variability import compress_valid
+from contimg.variability import compress_valid, map_source_blocks
 
 DEFAULT_FPR = 1e-4
 """Default false-alarm probability per source: 0.1 expected false candidates per 1000 steady sources."""
@@ -187,33 +187,56 @@ def _as_float_2d(x) -> np.ndarray:
     return np.atleast_2d(x)
 
 
-def _row_median(x: np.ndarray, n: np.ndarray, max_count: int = 255) -> np.ndarray:
+def _row_median(x, n: np.ndarray, max_count: int = 255, dtype=None) -> np.ndarray:
     """Median of the first ``n[i]`` entries of each row i (NaN where n is 0).
 
     Rows longer than ``max_count`` use ``max_count`` evenly spaced entries:
     the median of 255 values is precise to ~8 % of a sigma, plenty for a
     normalisation and a noise scale, and it bounds the cost of the partition.
+
+    Parameters
+    ----------
+    x : ndarray or callable
+        The rows, or ``x(rows, cols)`` giving the entries at those rows (an
+        index array, or ``slice(None)`` for all) and columns (an index array):
+        then only the entries the median uses are ever computed.
+    n : ndarray of int
+        Entries per row.
+    max_count : int
+        Most entries a median is taken over.
+    dtype : numpy dtype, optional
+        Of the result; default ``x.dtype`` (required when x is a callable).
     """
-    out = np.full(x.shape[0], np.nan, dtype=x.dtype)
+    take = x if callable(x) else functools.partial(_take, x)
+    out = np.full(n.shape[0], np.nan, dtype=x.dtype if dtype is None else dtype)
     for k in np.unique(n):
         if k <= 0:
             continue
         rows = np.flatnonzero(n == k)
+        if rows.size == n.size:
+            rows = slice(None)  # every row: index columns only, no copy of whole rows
         if k > max_count:
-            sub = x[rows][:, np.linspace(0, k - 1, max_count).round().astype(int)]
+            cols = np.linspace(0, k - 1, max_count).round().astype(int)
             k = max_count
         else:
-            sub = x[rows, :k]
+            cols = np.arange(k)
         lo, hi = (k - 1) // 2, k // 2
-        part = np.partition(sub, [lo, hi] if hi != lo else [lo], axis=1)
+        part = np.partition(take(rows, cols), [lo, hi] if hi != lo else [lo], axis=1)
         out[rows] = 0.5 * (part[:, lo] + part[:, hi])
     return out
 
 
+def _take(x: np.ndarray, rows, cols: np.ndarray) -> np.ndarray:
+    """``x[rows][:, cols]`` without copying whole rows first."""
+    return x[:, cols] if isinstance(rows, slice) else x[np.ix_(rows, cols)]
+
+
 def _scan_block(f: np.ndarray, e: np.ndarray, cfg: ScanConfig):
     """Scan one block of sources; f, e NaN-padded 2-D. Returns per-row arrays."""
-    # float32 throughout: ~7 significant digits are plenty for z ~ 1-100 and
-    # it halves the memory traffic that bounds the speed.
+    # float32 fluxes, weights and cumulative sums: ~7 significant digits are
+    # plenty for z ~ 1-100 and it halves the memory traffic that bounds the
+    # speed. (The noise model in between, from sig2 on, is float64: mean_s2
+    # divides by an integer count. The null calibration depends on it as is.)
     f, e = np.asarray(f, np.float32), np.asarray(e, np.float32)
     valid = np.isfinite(f) & np.isfinite(e) & (e > 0)
     if not valid.all():
@@ -231,25 +254,36 @@ def _scan_block(f: np.ndarray, e: np.ndarray, cfg: ScanConfig):
         # Excess scatter, robustly from first differences (a slow dip barely
         # moves them): first an additive term in quadrature (an unmodelled
         # systematic the same at every epoch), then a common factor k.
-        dr = np.abs(np.diff(r, axis=1))
-        mad = _row_median(dr, nv - 1) * _MAD_TO_SIGMA
+        # The differences are computed only where the medians sample them.
+        def abs_diff(rows, cols):
+            return np.abs(_take(r, rows, cols + 1) - _take(r, rows, cols))
+
+        def std_diff(rows, cols):
+            return abs_diff(rows, cols) / np.sqrt(_take(sig2, rows, cols + 1) + _take(sig2, rows, cols))
+
+        mad = _row_median(abs_diff, nv - 1, dtype=r.dtype) * _MAD_TO_SIGMA
         s2 = s**2
         # Means, not medians, of the quoted errors: they have no outliers and a
         # partition costs as much as the rest of the scan.
         mean_s2 = np.nansum(s2, axis=1) / np.maximum(nv, 1)
         extra2 = np.maximum(0.0, 0.5 * mad**2 - mean_s2)
         sig2 = s2 + extra2[:, None]
-        k = _row_median(dr / np.sqrt(sig2[:, 1:] + sig2[:, :-1]), nv - 1) * _MAD_TO_SIGMA
+        k = _row_median(std_diff, nv - 1, dtype=np.result_type(r, sig2)) * _MAD_TO_SIGMA
         sig = np.sqrt(sig2)
-        x = np.clip((r - 1.0) / (k[:, None] * sig), -cfg.clip, cfg.clip)
+        x = (r - 1.0) / (k[:, None] * sig)
+        np.clip(x, -cfg.clip, cfg.clip, out=x)
         # Scale-free weights and values (see the module docstring): only the
         # clipping depends on k; z is invariant to a common error factor.
         s_ref = np.sqrt(np.nansum(sig2, axis=1) / np.maximum(nv, 1))
         sp = sig / s_ref[:, None]
         scale = k * np.sqrt((mean_s2 + extra2) / mean_s2)
     ok = np.isfinite(x) & np.isfinite(sp) & scanned[:, None]
-    w = np.where(ok, 1.0 / np.where(ok, sp, 1.0) ** 2, 0.0).astype(np.float32)
-    a = np.where(ok, x / np.where(ok, sp, 1.0), 0.0).astype(np.float32)
+    if ok.all():  # the usual case: the same values without the masking passes
+        w = (1.0 / sp**2).astype(np.float32)
+        a = (x / sp).astype(np.float32)
+    else:
+        w = np.where(ok, 1.0 / np.where(ok, sp, 1.0) ** 2, 0.0).astype(np.float32)
+        a = np.where(ok, x / np.where(ok, sp, 1.0), 0.0).astype(np.float32)
 
     cw = np.zeros((m, n_ep + 1), np.float32)
     ca = np.zeros((m, n_ep + 1), np.float32)
@@ -295,11 +329,16 @@ def _scan_block(f: np.ndarray, e: np.ndarray, cfg: ScanConfig):
 
     # Depth from the unclipped normalised fluxes over the best window.
     fin = np.isfinite(r) & np.isfinite(s)
-    wr = np.where(fin, 1.0 / np.where(fin, s, 1.0) ** 2, 0.0)
+    if fin.all():
+        wr = 1.0 / s**2
+        wrr = wr * r
+    else:
+        wr = np.where(fin, 1.0 / np.where(fin, s, 1.0) ** 2, 0.0)
+        wrr = wr * np.where(fin, r, 0.0)
     cwr = np.zeros((m, n_ep + 1), np.float32)
     crr = np.zeros((m, n_ep + 1), np.float32)
     np.cumsum(wr, axis=1, out=cwr[:, 1:])
-    np.cumsum(wr * np.where(fin, r, 0.0), axis=1, out=crr[:, 1:])
+    np.cumsum(wrr, axis=1, out=crr[:, 1:])
     b_stop = np.minimum(b_start + b_len, nv)
     w_in = cwr[rows, b_stop] - cwr[rows, b_start]
     s_in = crr[rows, b_stop] - crr[rows, b_start]
@@ -320,7 +359,8 @@ def _scan_block(f: np.ndarray, e: np.ndarray, cfg: ScanConfig):
     return score, start_o, stop_o, np.where(found, n_in, 0), depth, scale, nv
 
 
-def scan_dips(flux, flux_err, *, config: ScanConfig = ScanConfig(), chunk: int = 512) -> DipScan:
+def scan_dips(flux, flux_err, *, config: ScanConfig = ScanConfig(), chunk: int | None = None,
+              workers: int | None = None) -> DipScan:
     """Best dip window, its score and its false-alarm probability for every source.
 
     Parameters
@@ -331,8 +371,13 @@ def scan_dips(flux, flux_err, *, config: ScanConfig = ScanConfig(), chunk: int =
         runs of consecutive valid epochs.
     config : ScanConfig
         The window grid and robustness settings.
-    chunk : int
-        Sources per block: bounds memory to ~ chunk x n_epochs x 100 bytes.
+    chunk : int, optional
+        Sources per block: bounds memory to ~ chunk x n_epochs x 100 bytes per
+        thread; default :func:`contimg.variability.default_chunk` (blocks that
+        stay in cache). The results do not depend on it.
+    workers : int, optional
+        Threads scanning blocks at once (default
+        :func:`contimg.variability.default_workers`); the results do not depend on it.
 
     Returns
     -------
@@ -341,7 +386,7 @@ def scan_dips(flux, flux_err, *, config: ScanConfig = ScanConfig(), chunk: int =
     f, e = _as_float_2d(flux), _as_float_2d(flux_err)
     if f.shape != e.shape:
         raise ValueError(f"flux {f.shape} and flux_err {e.shape} differ in shape; give one error per flux")
-    parts = [_scan_block(f[i:i + chunk], e[i:i + chunk], config) for i in range(0, f.shape[0], chunk)]
+    parts = map_source_blocks(lambda fb, eb: _scan_block(fb, eb, config), (f, e), chunk, workers)
     if not parts:
         empty = np.zeros(0)
         return DipScan(empty, empty, empty.astype(int), empty.astype(int), empty.astype(int), empty, empty,

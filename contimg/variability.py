@@ -20,6 +20,8 @@ All functions are pure and vectorised over sources.
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,6 +30,67 @@ from scipy import stats as _stats
 # Thresholds commonly used for the two-epoch statistics (e.g. Mooley et al. 2016).
 VS_THRESHOLD = 4.3
 M_THRESHOLD = 0.26
+
+# Default threads for source blocks: every core, but at most 8, because each
+# thread holds a block's temporaries (~100 bytes per flux for the dip scan).
+MAX_DEFAULT_WORKERS = 8
+
+
+# Default fluxes per block of sources: 256 000 (1 MB in float32), so that a
+# block's temporaries stay in the per-core cache (2 MB L2 on the 2-core
+# machine: the scan ran ~1.6x faster than with 512 000-flux blocks).
+BLOCK_FLUXES = 256_000
+
+
+def default_chunk(n_epochs: int) -> int:
+    """Sources per block by default: ``BLOCK_FLUXES // n_epochs`` (at least 1)."""
+    return max(1, BLOCK_FLUXES // max(1, int(n_epochs)))
+
+
+def default_workers() -> int:
+    """Threads used by default for source blocks: the usable cores, at most ``MAX_DEFAULT_WORKERS``."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_DEFAULT_WORKERS))
+
+
+def map_source_blocks(func, arrays, chunk: int | None = None, workers: int | None = None) -> list:
+    """``func`` on consecutive blocks of ``chunk`` sources (rows), results in block order.
+
+    Blocks run in ``workers`` threads: numpy releases the GIL inside its array
+    loops, so threads use several cores without copying the inputs. Each block
+    is computed the same way whatever the thread count, so results do not
+    depend on it.
+
+    Parameters
+    ----------
+    func : callable
+        ``func(*blocks)`` with one row block of each array.
+    arrays : sequence of ndarray
+        Arrays with sources along the first axis (same length).
+    chunk : int or None
+        Sources per block (bounds memory per thread and keeps blocks in
+        cache); None for :func:`default_chunk` of the arrays' second axis.
+    workers : int, optional
+        Threads; default :func:`default_workers`. 1 runs in the calling thread.
+
+    Returns
+    -------
+    list
+        ``func``'s result for each block.
+    """
+    n = arrays[0].shape[0]
+    if chunk is None:
+        chunk = default_chunk(arrays[0].shape[1] if arrays[0].ndim > 1 else 1)
+    chunk = max(1, int(chunk))
+    starts = range(0, n, chunk)
+    workers = default_workers() if workers is None else max(1, int(workers))
+    if workers == 1 or len(starts) < 2:
+        return [func(*(a[i:i + chunk] for a in arrays)) for i in starts]
+    with ThreadPoolExecutor(max_workers=min(workers, len(starts))) as pool:
+        return list(pool.map(lambda i: func(*(a[i:i + chunk] for a in arrays)), starts))
 
 
 def as_nan_arrays(flux, flux_err) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -105,7 +168,7 @@ def two_epoch(flux_a, err_a, flux_b, err_b) -> tuple[np.ndarray, np.ndarray]:
         return diff / np.hypot(ea, eb), 2.0 * diff / (fa + fb)
 
 
-def variability_stats(flux, flux_err, *, chunk: int = 1024) -> VariabilityStats:
+def variability_stats(flux, flux_err, *, chunk: int | None = None, workers: int | None = None) -> VariabilityStats:
     """eta, V, chi-square and the largest consecutive two-epoch Vs / m of every source.
 
     Parameters
@@ -113,8 +176,12 @@ def variability_stats(flux, flux_err, *, chunk: int = 1024) -> VariabilityStats:
     flux, flux_err : array_like, shape (n_sources, n_epochs)
         Flux densities and 1-sigma errors, epochs in time order; NaN or masked
         marks a missing epoch (each source uses its own valid epochs).
-    chunk : int
-        Sources per block (bounds memory and keeps blocks in cache).
+    chunk : int, optional
+        Sources per block (bounds memory and keeps blocks in cache); default
+        :func:`default_chunk`. The results do not depend on it.
+    workers : int, optional
+        Threads working on blocks at once (default :func:`default_workers`);
+        the results do not depend on it.
 
     Returns
     -------
@@ -124,7 +191,7 @@ def variability_stats(flux, flux_err, *, chunk: int = 1024) -> VariabilityStats:
     e = np.atleast_2d(np.ma.filled(np.ma.asarray(flux_err), np.nan))
     if f.shape != e.shape:
         raise ValueError(f"flux {f.shape} and flux_err {e.shape} differ in shape; give one error per flux")
-    parts = [_stats_block(f[i:i + chunk], e[i:i + chunk]) for i in range(0, f.shape[0], chunk)]
+    parts = map_source_blocks(_stats_block, (f, e), chunk, workers)
     if not parts:
         z = np.zeros(0)
         return VariabilityStats(z.astype(int), z, z, z, z, z, z, z)
@@ -163,6 +230,10 @@ def _stats_block(flux, flux_err) -> tuple:
 def _stats_block_complete(f: np.ndarray, e: np.ndarray) -> tuple:
     """The same statistics when every epoch is valid: no masking, input precision kept."""
     n_src, n = f.shape
+    nn = np.full(n_src, n)
+    if n < 2:
+        nan = np.full(n_src, np.nan)
+        return nn, nan, nan, nan, nan, nan, nan, nan
     w = 1.0 / (e * e)
     sw = w.sum(axis=1, dtype=np.float64)
     wmean = (w * f).sum(axis=1, dtype=np.float64) / sw
@@ -172,15 +243,39 @@ def _stats_block_complete(f: np.ndarray, e: np.ndarray) -> tuple:
     dev = f - mean[:, None].astype(f.dtype)
     v = np.sqrt((dev * dev).sum(axis=1, dtype=np.float64) / (n - 1)) / mean
     eta = chi2 / (n - 1)
-    chi2_p = _stats.chi2.sf(chi2, max(n - 1, 1))
-    vs, m = two_epoch(f[:, 1:], e[:, 1:], f[:, :-1], e[:, :-1])
-    j = np.argmax(np.abs(vs), axis=1)
+    chi2_p = _stats.chi2.sf(chi2, n - 1)
+    j = _argmax_abs_vs(f, e)
     rows = np.arange(n_src)
-    nn = np.full(n_src, n)
-    if n < 2:
-        nan = np.full(n_src, np.nan)
-        return nn, nan, nan, nan, nan, nan, nan, nan
-    return nn, wmean, eta, chi2, chi2_p, v, vs[rows, j].astype(float), m[rows, j].astype(float)
+    # Vs and m of the chosen pair only, with the same arithmetic as two_epoch on every pair.
+    vs, m = two_epoch(f[rows, j + 1], e[rows, j + 1], f[rows, j], e[rows, j])
+    return nn, wmean, eta, chi2, chi2_p, v, vs, m
+
+
+def _argmax_abs_vs(f: np.ndarray, e: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
+    """Per row, the consecutive pair j (epochs j, j+1) of largest abs(Vs); every entry finite.
+
+    The same index as ``np.argmax(abs(two_epoch(f[:, 1:], e[:, 1:], f[:, :-1], e[:, :-1])[0]), axis=1)``
+    (first one on ties), at about a third of the cost: ``np.hypot`` on every
+    pair dominated the statistics. Pairs are ranked by ``Vs^2 = d^2 / (s_a^2 + s_b^2)``
+    in float64 (no hypot, no square root); that agrees with abs(Vs) to a few
+    1e-16, so only rows where another pair comes within ``rtol`` of the best
+    (ties, in practice) are re-ranked with the exact Vs, and so are rows where
+    the squares overflow or lose precision (errors below ~1e-150).
+    """
+    d = np.subtract(f[:, 1:], f[:, :-1], dtype=np.float64)
+    vs2 = np.multiply(d, d, out=d)
+    den = np.square(e[:, 1:], dtype=np.float64)
+    den += np.square(e[:, :-1], dtype=np.float64)
+    vs2 /= den
+    j = np.argmax(vs2, axis=1)
+    top = vs2[np.arange(f.shape[0]), j]
+    close = np.count_nonzero(vs2 >= (top * (1.0 - rtol))[:, None], axis=1) > 1
+    close |= ~np.isfinite(top) | (den.min(axis=1) < 1e-300)
+    if close.any():
+        fr, er = f[close], e[close]
+        vs, _ = two_epoch(fr[:, 1:], er[:, 1:], fr[:, :-1], er[:, :-1])
+        j[close] = np.argmax(np.abs(vs), axis=1)
+    return j
 
 
 def _max_consecutive_two_epoch(f, e, valid) -> tuple[np.ndarray, np.ndarray]:

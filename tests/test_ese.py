@@ -123,3 +123,11 @@ def test_malformed_tables_give_one_line_errors(tmp_path):
 def test_detect_rejects_a_bad_fpr():
     with pytest.raises(ValueError, match="not a probability"):
         ese.detect(np.ones((1, 20)), np.ones((1, 20)), fpr=2.0)
+
+
+def test_blocks_and_threads_do_not_change_the_scan():
+    sim = simulate_lightcurves(n_steady=150, n_ese=50, n_epochs=60, seed=12)
+    one = ese.scan_dips(sim.flux, sim.flux_err, chunk=10**6, workers=1)
+    many = ese.scan_dips(sim.flux, sim.flux_err, chunk=9, workers=2)
+    for k in one.__dataclass_fields__:
+        assert np.array_equal(getattr(one, k), getattr(many, k), equal_nan=True), k

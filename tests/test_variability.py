@@ -66,3 +66,39 @@ def test_relative_calibration_removes_common_gain():
     assert np.allclose(g / np.median(g), gain / np.median(gain), rtol=1e-12)
     with pytest.raises(ValueError, match="no reference"):
         var.relative_calibration(flux, np.zeros(50, bool))
+
+
+def test_blocks_and_threads_do_not_change_the_statistics():
+    rng = np.random.default_rng(6)
+    e = rng.uniform(0.01, 0.05, (300, 50)).astype(np.float32)
+    f = (1 + rng.standard_normal(e.shape) * e).astype(np.float32)
+    g = f.astype(float)
+    g[rng.random(g.shape) < 0.05] = np.nan
+    for flux, err in ((f, e), (g, e.astype(float))):
+        one = var.variability_stats(flux, err, chunk=10**6, workers=1)
+        many = var.variability_stats(flux, err, chunk=7, workers=2)
+        for k, a in one.as_dict().items():
+            assert np.array_equal(a, getattr(many, k), equal_nan=True), k
+
+
+def test_vs_max_is_the_first_of_tied_pairs_and_matches_two_epoch_on_all_pairs():
+    # Every consecutive pair has the same abs(Vs): the first pair (a rise) must be reported.
+    f = np.tile([1.0, 1.1], (3, 20))
+    e = np.full_like(f, 0.1)
+    st = var.variability_stats(f, e)
+    vs, m = var.two_epoch(f[:, 1], e[:, 1], f[:, 0], e[:, 0])
+    assert np.array_equal(st.vs_max, vs) and np.array_equal(st.m_at_vs_max, m)
+    rng = np.random.default_rng(8)
+    e = rng.uniform(0.01, 0.05, (200, 40))
+    f = 1 + rng.standard_normal(e.shape) * e
+    vs, m = var.two_epoch(f[:, 1:], e[:, 1:], f[:, :-1], e[:, :-1])
+    j = np.argmax(np.abs(vs), axis=1)
+    st = var.variability_stats(f, e)
+    rows = np.arange(200)
+    assert np.array_equal(st.vs_max, vs[rows, j]) and np.array_equal(st.m_at_vs_max, m[rows, j])
+
+
+def test_one_epoch_without_gaps_gives_nan():
+    # Used to raise "attempt to get argmax of an empty sequence".
+    st = var.variability_stats(np.ones((2, 1)), np.ones((2, 1)))
+    assert np.isnan(st.eta).all() and np.isnan(st.vs_max).all() and list(st.n_epochs) == [1, 1]
