@@ -170,7 +170,8 @@ def temporary_name(final: str | Path) -> Path:
 # -- atomic placement ----------------------------------------------------------
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO, errno.EBUSY}
-_DISK_TEXT = ("no space left", "disk quota", "permission denied", "read-only file system", "input/output error")
+_DISK_TEXT = ("no space left", "not enough free disk space", "disk quota", "permission denied",
+              "read-only file system", "input/output error")  # the second is CASA concat's wording
 
 
 def replace_directory(tmp: Path, final: Path) -> None:

@@ -33,3 +33,10 @@ def test_block_paths():
 def test_bad_block_id_is_named():
     with pytest.raises(ValueError, match="'../etc' is not of the form"):
         products.check_block_id("../etc")
+
+
+def test_casa_disk_full_is_a_disk_error():
+    from contimg.products import is_disk_error
+
+    assert is_disk_error(RuntimeError("concat: not enough free disk space on /scratch to write the MS"))
+    assert not is_disk_error(RuntimeError("MSSelectionNullSelection : The selected table has zero rows."))
