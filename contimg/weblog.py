@@ -298,7 +298,8 @@ def bandpass_section(cfg: Config, block_ids: list[str]) -> Section | None:
     for s in sets:
         png = bandpass_plot(s["bandpass"], f"bandpass from {s['block_id']} ({s['calibrator']})")
         if png:
-            figs.append(Figure(f"bandpass {s['block_id']}", png, "amplitude and phase per antenna, first polarization"))
+            figs.append(Figure(f"bandpass {s['block_id']}", png, f"solved on {s['calibrator']}: amplitude and "
+                                                                 "phase per antenna, first polarization"))
     return Section("Bandpass", "", figs) if figs else None
 
 

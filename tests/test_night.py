@@ -293,7 +293,7 @@ def test_calibrated_night_with_gains(tmp_path):
 
     page = weblog.render_night(cfg, blocks[0].block_id[:10])
     text = page.read_text()
-    assert text.count("<img ") >= len(blocks) + 2 and "bandpass from" in text and "SIMCAL54" in text
+    assert text.count("<img ") >= len(blocks) + 2 and f'alt="bandpass {cal_blocks[0]}' in text and "solved on SIMCAL54" in text
     if find_chromium() is None:
         pytest.skip("chromium is not installed (apt-get install chromium): the weblog was not opened")
     dom = dump_dom(page.as_uri())
