@@ -142,6 +142,17 @@ def convert_subband(
     check = write_ms_atomically(uvd, dst)
     t_write = time.perf_counter()
 
+    return conversion_result(uvd, src, dst, rule, check, (t0, t_read, t_phase, t_write))
+
+
+def conversion_result(uvd, src: Path, dst: Path, rule: str, check: dict[str, float],
+                      times: tuple[float, float, float, float]) -> ConvertResult:
+    """The :class:`ConvertResult` of a conversion, from the metadata as written (both converters).
+
+    ``times`` are the ``perf_counter`` readings at the start and after reading,
+    phasing and writing.
+    """
+    t0, t_read, t_phase, t_write = times
     ra, dec = _single_phase_center(uvd)
     freqs = np.asarray(uvd.freq_array).ravel()
     keywords = uvd.extra_keywords or {}

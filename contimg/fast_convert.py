@@ -38,7 +38,6 @@ guarantees and the measured speed.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 import warnings
@@ -166,35 +165,7 @@ def convert_subband_fast(
         if f.id.valid:
             f.close()
 
-    ra, dec = convert._single_phase_center(uvd)
-    freqs = np.asarray(uvd.freq_array).ravel()
-    keywords = uvd.extra_keywords or {}
-    pointing = (math.degrees(convert._pointing_declination(keywords[convert.PHASE_CENTER_DEC_KEY], src))
-                if convert.PHASE_CENTER_DEC_KEY in keywords else None)
-    return ConvertResult(
-        ms_path=str(dst),
-        source_path=str(src),
-        telescope=str(uvd.telescope.name),
-        n_antennas=int(uvd.Nants_data),
-        n_baselines=int(uvd.Nbls),
-        n_times=int(uvd.Ntimes),
-        n_channels=int(uvd.Nfreqs),
-        freq_min_hz=float(freqs.min()),
-        freq_max_hz=float(freqs.max()),
-        phase_center_ra_deg=math.degrees(ra),
-        phase_center_dec_deg=math.degrees(dec),
-        phase_center_name=convert._center_name(uvd),
-        phase_center_rule=rule,
-        uvw_check_max_m=check["max_m"],
-        uvw_check_rms_m=check["rms_m"],
-        seconds={
-            "read": round(t_read - t0, 3),
-            "phase": round(t_phase - t_read, 3),
-            "write": round(t_write - t_phase, 3),
-            "total": round(t_write - t0, 3),
-        },
-        pointing_dec_deg=pointing,
-    )
+    return convert.conversion_result(uvd, src, dst, rule, check, (t0, t_read, t_phase, t_write))
 
 
 # ---------------------------------------------------------------------------
