@@ -64,8 +64,15 @@ class BrokerConfig:
     worker_max_memory_mb: int = 8192
     """A worker's pool process is replaced after a task leaves it above this resident size
     (CASA grows slowly); replacing it after every N tasks instead cost seconds per N tasks."""
-    task_events: bool = True
-    """Workers send task events (Flower's live view needs them)."""
+    task_events: bool = False
+    """Workers send task events from the start. Off (the default), they start silent and send
+    them once asked: Flower asks every 5 s while it runs (its live view needs them), as does
+    ``celery -A contimg.tasks.app control enable_events``. The events cost about a quarter of
+    the orchestration's time per block (bench/orchestration.py), so nights nobody watches skip them."""
+    task_sent_events: bool = False
+    """Senders also publish a ``task-sent`` event per task, so Flower lists tasks still waiting
+    in a queue (state SENT). Off by default: one more publish per task, and ``contimg nodes``
+    already counts what waits in each node's queue."""
 
 
 @dataclass

@@ -170,41 +170,77 @@ def session(url: str) -> Iterator[Session]:
 # -- writes ------------------------------------------------------------------
 
 
+def _upsert(eng: Engine, table, row: dict, keys: tuple[str, ...], update: tuple[str, ...]):
+    """``INSERT row ON CONFLICT (keys) DO UPDATE SET`` the ``update`` columns to the row's values
+    (SQLite and PostgreSQL); with no ``update``, DO NOTHING. Returns (statement, parameters).
+
+    One statement, no read and no ORM; the statement is built once per shape and
+    reused, so SQLAlchemy compiles it once (the hot path of every subband task).
+    """
+    return _upsert_stmt(eng.dialect.name, table.name, tuple(sorted(row)), keys, tuple(sorted(update))), row
+
+
+@lru_cache(maxsize=256)
+def _upsert_stmt(dialect: str, table_name: str, columns: tuple[str, ...], keys: tuple[str, ...],
+                 update: tuple[str, ...]):
+    from sqlalchemy import bindparam
+
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    table = Base.metadata.tables[table_name]
+    stmt = insert(table).values({c: bindparam(c, type_=table.c[c].type) for c in columns})
+    if update:
+        return stmt.on_conflict_do_update(index_elements=list(keys), set_={c: stmt.excluded[c] for c in update})
+    return stmt.on_conflict_do_nothing(index_elements=list(keys))
+
+
+@lru_cache(maxsize=1)
+def _start_block_stmt():
+    """A queued block moves to running (parameters ``bid``, ``now``)."""
+    from sqlalchemy import bindparam
+
+    bt = BlockRow.__table__
+    return (bt.update().where(bt.c.block_id == bindparam("bid"), bt.c.state == QUEUED)
+            .values(state=RUNNING, started_at=bindparam("now"), updated_at=bindparam("now")))
+
+
+def _check_columns(table, values: dict) -> None:
+    unknown = sorted(set(values) - set(table.c.keys()))
+    if unknown:
+        raise KeyError(f"{table.name} has no column {', '.join(unknown)}")
+
+
 def upsert_block(url: str, block_id: str, **values: Any) -> None:
-    """Create or update a block row."""
-    with session(url) as s:
-        row = s.get(BlockRow, block_id)
-        if row is None:
-            row = BlockRow(block_id=block_id, date=block_id[:10], state=values.pop("state", QUEUED),
-                           data_dir=values.pop("data_dir", ""), timings={})
-            s.add(row)
-        for k, v in values.items():
-            if k == "timings":
-                row.timings = {**(row.timings or {}), **v}
-            else:
-                setattr(row, k, v)
+    """Create or update a block row (``timings`` are merged into the stored ones)."""
+    t, eng, now = BlockRow.__table__, engine(url), utcnow()
+    _check_columns(t, values)
+    with eng.begin() as con:
+        if "timings" in values:
+            old = con.execute(select(t.c.timings).where(t.c.block_id == block_id)).scalar()
+            values["timings"] = {**(old or {}), **values["timings"]}
+        row = {"block_id": block_id, "date": block_id[:10], "state": QUEUED, "data_dir": "", "timings": {},
+               "updated_at": now, **values}
+        con.execute(*_upsert(eng, t, row, ("block_id",), (*values, "updated_at")))
 
 
 def upsert_subband(url: str, block_id: str, subband: int, *, block_running: bool = False, **values: Any) -> None:
-    """Create or update a subband row (the block row must exist).
+    """Create or update a subband row, in one transaction with its block's row.
 
-    ``block_running``: in the same transaction, move a queued block to running
-    (the first subband task of a block does).
+    The block row is created (running) if it is missing. ``block_running``: a
+    queued block moves to running (the first subband task of a block does).
     """
-    with session(url) as s:
-        blk = s.get(BlockRow, block_id)
-        if blk is None:
-            s.add(BlockRow(block_id=block_id, date=block_id[:10], state=RUNNING, data_dir="", timings={}))
-            s.flush()
-        elif block_running and blk.state == QUEUED:
-            blk.state = RUNNING
-            blk.started_at = utcnow()
-        row = s.get(SubbandRow, (block_id, subband))
-        if row is None:
-            row = SubbandRow(block_id=block_id, subband=subband, state=values.pop("state", SB_RUNNING), details={})
-            s.add(row)
-        for k, v in values.items():
-            setattr(row, k, v)
+    bt, st, eng, now = BlockRow.__table__, SubbandRow.__table__, engine(url), utcnow()
+    _check_columns(st, values)
+    with eng.begin() as con:
+        con.execute(*_upsert(eng, bt, {"block_id": block_id, "date": block_id[:10], "state": RUNNING, "data_dir": "",
+                                       "timings": {}, "started_at": now, "updated_at": now}, ("block_id",), ()))
+        if block_running:
+            con.execute(_start_block_stmt(), {"bid": block_id, "now": now})
+        row = {"block_id": block_id, "subband": subband, "state": SB_RUNNING, "details": {}, "updated_at": now,
+               **values}
+        con.execute(*_upsert(eng, st, row, ("block_id", "subband"), (*values, "updated_at")))
 
 
 def record_product(url: str, block_id: str, kind: str, path: str | Path, **details: Any) -> None:

@@ -310,11 +310,13 @@ BROKER_DOWN = _broker_errors()
 
 
 def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, poll_s: float | None = None,
-         timeout_s: float | None = None, dispatcher: Dispatcher | None = None) -> list[dict]:
+         timeout_s: float | None = None, dispatcher: Dispatcher | None = None, finish: bool = True) -> list[dict]:
     """Wait until every block is done or failed, reporting state changes.
 
     With a ``dispatcher`` (the default), this process also hands out the
-    blocks as imaging slots free up. Returns the final block records. Raises
+    blocks as imaging slots free up, and when all have ended (with ``finish``)
+    writes the weblogs and notifications of the runs that finished
+    (``Dispatcher.notify``). Returns the final block records. Raises
     TimeoutError naming the blocks still open when ``timeout_s`` passes.
     """
     url = cfg.database_url
@@ -337,7 +339,7 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
                 progress(f"[{n_done}/{len(block_ids)}] {bid} {st} ({time.monotonic() - t0:.0f} s)")
             last[bid] = st
         if all(states.get(b) in final for b in block_ids):
-            if isinstance(dispatcher, Dispatcher):  # the last blocks' run and night, before this process ends
+            if finish and isinstance(dispatcher, Dispatcher):  # the last blocks' run and night, before this process ends
                 dispatcher.notify(force=True)
             return db.blocks(url, block_ids)
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:

@@ -54,7 +54,7 @@ def celery_settings(cfg: _config.Config) -> dict:
         result_backend_max_retries=30,
         worker_hijack_root_logger=False,
         worker_send_task_events=b.task_events,  # Flower
-        task_send_sent_event=b.task_events,
+        task_send_sent_event=b.task_events and b.task_sent_events,
     )
 
 

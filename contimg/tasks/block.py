@@ -25,7 +25,7 @@ def _describe_failures(results: list[dict], missing: list[int]) -> str:
     return "; ".join(parts)
 
 
-@app.task(bind=True, name="contimg.image_block")
+@app.task(bind=True, name="contimg.image_block", ignore_result=True)
 def image_block(self, results: list[dict], block_id: str, node: str, missing: list[int] | None = None,
                 nodes_used: list[str] | None = None, token: str | None = None, run_id: str | None = None,
                 overrides: dict | None = None) -> dict:

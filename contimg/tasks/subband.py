@@ -33,7 +33,7 @@ def _result(block_id: str, subband: int, node: str, state: str, **extra) -> dict
     return {"block_id": block_id, "subband": subband, "node": node, "state": state, **extra}
 
 
-@app.task(bind=True, name="contimg.process_subband")
+@app.task(bind=True, name="contimg.process_subband", ignore_result=True)
 def process_subband(self, block_id: str, subband: int, uvh5_path: str, ms_path: str,
                     block_mid_jd: float, node: str, token: str | None = None, overrides: dict | None = None,
                     flag_template: str | None = None) -> dict:
