@@ -142,8 +142,10 @@ class DispatchConfig:
 
 @dataclass
 class ImagingConfig:
-    """tclean settings for the Stokes I block image."""
+    """Settings of the Stokes I block image (tclean or WSClean)."""
 
+    backend: str = "tclean"
+    """Imager: ``tclean`` (CASA, on the concatenated block MS) or ``wsclean`` (WSClean with the wgridder, on the subband MSs directly; no concatenation)."""
     niter: int = 2000
     """Maximum clean iterations (0 would be a dirty image; the pipeline cleans)."""
     threshold_jy: float = 0.0
@@ -170,8 +172,11 @@ class ImagingConfig:
     """``drift``: the Airy beam averaged over the block's drift (transit dishes); ``tracking``: centred on the phase centre."""
     max_bandwidth_smearing: float = 0.01
     """Channels are averaged before imaging only while the peak loss of the longest baseline at the image edge stays below this."""
+    wsclean_mgain: float = 0.8
+    """WSClean major-cycle gain: each minor cycle cleans this fraction of the peak residual before the next major cycle."""
 
 
+IMAGING_BACKENDS = ("tclean", "wsclean")
 STAGE_SETS = ("science", "noop")
 CONVERTERS = ("fast", "pyuvdata")
 FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag")
@@ -775,6 +780,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("calibration.max_offset_deg: must be in (0, 10] degrees")
     if ca.validity_window_s <= 0 or ca.min_apparent_jy <= 0 or ca.minsnr < 0:
         raise ConfigError("calibration: validity_window_s and min_apparent_jy must be > 0, minsnr >= 0")
+    if im.backend not in IMAGING_BACKENDS:
+        raise ConfigError(f"imaging.backend: {im.backend!r} is not one of {', '.join(IMAGING_BACKENDS)}")
+    if not 0 < im.wsclean_mgain <= 1:
+        raise ConfigError("imaging.wsclean_mgain: must be in (0, 1] (a fraction of the peak residual)")
     if im.primary_beam not in ("drift", "tracking"):
         raise ConfigError(f"imaging.primary_beam: {im.primary_beam!r} is not drift or tracking")
     if not 0 <= im.max_bandwidth_smearing < 0.5:

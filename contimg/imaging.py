@@ -77,6 +77,7 @@ class ImageResult:
 
     block_id: str
     ms_path: str
+    """The one MS imaged (tclean: the concatenated block MS); empty when several were (wsclean; see ``ms_paths``)."""
     fits: dict[str, str]
     """FITS path per kind: image, image.pbcor, pb, residual."""
     cell_arcsec: float
@@ -106,6 +107,10 @@ class ImageResult:
     """Channels averaged into one before imaging (1: none)."""
     bandwidth_hz: float = 0.0
     """Total bandwidth imaged, Hz."""
+    backend: str = "tclean"
+    """The imager that made the image: tclean or wsclean."""
+    ms_paths: list[str] = dataclasses.field(default_factory=list)
+    """Every MS imaged: the concatenated block MS (tclean) or the subband MSs (wsclean)."""
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -146,7 +151,7 @@ def concat_subbands(ms_paths: list[str | os.PathLike], out_ms: str | os.PathLike
     if missing:
         raise PermanentError(f"subband MS {', '.join(missing)} missing; convert those subbands again")
     ordered = sorted(paths, key=_min_frequency)
-    _require_one_phase_center(ordered, out)
+    _require_one_phase_center(ordered, f"cannot concatenate into {out}")
 
     tmp = temporary_name(out)
     try:
@@ -194,8 +199,8 @@ def _phase_dirs(ms: Path) -> np.ndarray:
         tb.close()
 
 
-def _require_one_phase_center(paths: list[Path], out: Path) -> None:
-    """All inputs must have one field at the same position (1 arcsec)."""
+def _require_one_phase_center(paths: list[Path], what: str) -> None:
+    """All inputs must have one field at the same position (1 arcsec); ``what`` starts the error."""
     dirs = {p: _phase_dirs(p) for p in paths}
     ref = dirs[paths[0]][0]
     bad = []
@@ -205,7 +210,7 @@ def _require_one_phase_center(paths: list[Path], out: Path) -> None:
             bad.append(p.name)
     if bad:
         raise PermanentError(
-            f"cannot concatenate into {out}: {', '.join(bad)} have a phase centre other than "
+            f"{what}: {', '.join(bad)} have a phase centre other than "
             f"{paths[0].name}'s; convert all subbands of the block with the same block_mid_jd"
         )
 
@@ -327,6 +332,20 @@ def summarize_ms(ms: Path) -> MsSummary:
     return MsSummary(
         b_max_m=b_max, f_min_hz=float(freqs.min()), f_max_hz=float(freqs.max()), has_corrected=has_corrected,
         chan_width_hz=float(widths.max()), n_chan=int(min(len(f) for f in per_spw)),
+    )
+
+
+def combine_summaries(parts: list[MsSummary]) -> MsSummary:
+    """The :class:`MsSummary` of several MSs imaged together (as of their concatenation).
+
+    ``has_corrected`` is true only when every MS has CORRECTED_DATA.
+    """
+    if not parts:
+        raise ValueError("no MS summary to combine")
+    return MsSummary(
+        b_max_m=max(p.b_max_m for p in parts), f_min_hz=min(p.f_min_hz for p in parts),
+        f_max_hz=max(p.f_max_hz for p in parts), has_corrected=all(p.has_corrected for p in parts),
+        chan_width_hz=max(p.chan_width_hz for p in parts), n_chan=min(p.n_chan for p in parts),
     )
 
 
@@ -464,24 +483,30 @@ def casa_image(workdir: Path, products: BlockProducts, kind: str, deconvolver: s
 # ---------------------------------------------------------------------------
 
 
+def needs_concat(settings: ImagingConfig) -> bool:
+    """Whether the backend images one concatenated block MS (tclean) rather than the subband MSs (wsclean)."""
+    return settings.backend == "tclean"
+
+
 def image_block(
-    ms: str | os.PathLike,
+    ms: str | os.PathLike | list[str | os.PathLike],
     products: BlockProducts,
     settings: ImagingConfig,
     *,
     block_id: str,
     extra_header: dict | None = None,
 ) -> ImageResult:
-    """Make, export and measure the Stokes I image of a block.
+    """Make, export and measure the Stokes I image of a block with ``settings.backend``.
 
     Parameters
     ----------
-    ms : path
-        The block's (concatenated) MS; CORRECTED_DATA is imaged when present.
+    ms : path or list of path
+        tclean: the block's concatenated MS (one path). wsclean: the block's
+        subband MSs (or one MS). CORRECTED_DATA is imaged when present.
     products : BlockProducts
         Where the images go (``products.directory``).
     settings : ImagingConfig
-        tclean settings; ``cell_arcsec = 0`` and ``imsize = 0`` are automatic.
+        Imaging settings; ``cell_arcsec = 0`` and ``imsize = 0`` are automatic.
     block_id : str
         Written as BLOCKID; must be ``products.block_id``.
     extra_header : dict, optional
@@ -498,6 +523,16 @@ def image_block(
     TransientError
         Lack of space or permission while writing images.
     """
+    if settings.backend == "wsclean":
+        from . import wsclean
+
+        paths = [ms] if isinstance(ms, (str, os.PathLike)) else list(ms)
+        return wsclean.image_block(paths, products, settings, block_id=block_id, extra_header=extra_header)
+    if not isinstance(ms, (str, os.PathLike)):
+        if len(ms) != 1:
+            raise ValueError(f"block {block_id}: tclean images one MS, got {len(ms)}; concatenate them "
+                             "(concat_subbands) or set imaging.backend = 'wsclean'")
+        ms = ms[0]
     t0 = time.perf_counter()
     ms = Path(ms)
     if block_id != products.block_id:
@@ -535,8 +570,7 @@ def image_block(
         clean_summary = casa_env.casatasks().tclean(**params) or {}
         seconds["tclean"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
-        header = {"BANDWID": (summary.bandwidth_hz, "[Hz] total bandwidth imaged"),
-                  "PBMODEL": (settings.primary_beam, "primary beam: drift-averaged Airy or tracking")}
+        header = product_header(summary, settings)
         header.update(extra_header or {})
         fits_paths = export_products(workdir, products, settings.deconvolver, header)
         seconds["export"] = round(time.perf_counter() - t, 3)
@@ -571,8 +605,17 @@ def image_block(
         primary_beam=settings.primary_beam,
         channel_average=width,
         bandwidth_hz=summary.bandwidth_hz,
+        backend="tclean",
+        ms_paths=[str(ms)],
         **stats,
     )
+
+
+def product_header(summary: MsSummary, settings: ImagingConfig) -> dict:
+    """FITS keys every product of a block image gets besides the imager's (both backends)."""
+    return {"BANDWID": (summary.bandwidth_hz, "[Hz] total bandwidth imaged"),
+            "PBMODEL": (settings.primary_beam, "primary beam: drift-averaged Airy or tracking"),
+            "IMAGER": (settings.backend, "imaging backend: tclean or wsclean")}
 
 
 def _check_free_space(directory: Path, imsize: int, block_id: str) -> None:

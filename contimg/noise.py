@@ -100,15 +100,37 @@ class NoiseExpectation:
 
 
 def expected_image_rms(
-    ms: str | Path, *, cell_arcsec: float, imsize: int, weighting: str, robust: float,
+    ms: str | Path | list[str | Path], *, cell_arcsec: float, imsize: int, weighting: str, robust: float,
     sefd_jy: float = telescope.SEFD_JY,
 ) -> NoiseExpectation:
-    """Radiometer noise of the Stokes I image of an MS with the given imaging settings.
+    """Radiometer noise of the Stokes I image of an MS (or of several imaged together) with the given settings.
 
     Counts the unflagged (XX and YY) cross-correlation samples, takes the
     channel width and integration time from the MS, and computes the
-    weighting factor on a few channels per spectral window.
+    weighting factor on a few channels per spectral window. A list of MSs (the
+    subband MSs of a block, as WSClean images them) counts as their
+    concatenation.
     """
+    paths = [ms] if isinstance(ms, (str, Path)) else list(ms)
+    parts = [_noise_samples(Path(p)) for p in paths]
+    n_samples = sum(p["n_samples"] for p in parts)
+    n_bl = len(set().union(*(p["baselines"] for p in parts)))
+    chan_width = float(np.median([p["chan_width"] for p in parts]))
+    dt = float(np.median([p["dt"] for p in parts]))
+    natural_rms = radiometer_rms_jy(sefd_jy, n_samples, chan_width, dt)
+    uv_cell = 1.0 / (imsize * math.radians(cell_arcsec / 3600))
+    factor = weighting_noise_factor(
+        np.concatenate([u for p in parts for u in p["u"]]), np.concatenate([v for p in parts for v in p["v"]]),
+        np.concatenate([w for p in parts for w in p["w"]]), uv_cell=uv_cell, weighting=weighting, robust=robust,
+    )
+    return NoiseExpectation(
+        rms_jy=natural_rms * factor, natural_rms_jy=natural_rms, weighting_factor=factor, n_samples=n_samples,
+        n_baselines=n_bl, channel_width_hz=chan_width, integration_s=dt, sefd_jy=sefd_jy,
+    )
+
+
+def _noise_samples(ms: Path) -> dict:
+    """Unflagged Stokes I samples of one MS and the (u, v, weight) of a few channels per window."""
     tb = casa_env.casatools().table()
     tb.open(str(ms))
     try:
@@ -136,10 +158,6 @@ def expected_image_rms(
         tb.close()
 
     good = ~flag[0] & ~flag[-1] & ok_row[None, :]  # XX and YY: both make Stokes I
-    n_samples = int(good.sum())
-    n_bl = len({(int(x), int(y)) for x, y, ok in zip(a1, a2, ok_row) if ok})
-    natural_rms = radiometer_rms_jy(sefd_jy, n_samples, chan_width, dt)
-
     us, vs, ws = [], [], []
     for d in np.unique(ddid):
         freqs = chan_freq[spw_of_ddid[d]]
@@ -151,12 +169,7 @@ def expected_image_rms(
             us.append(uvw[0, sel] / lam)
             vs.append(uvw[1, sel] / lam)
             ws.append(weight[sel])
-    uv_cell = 1.0 / (imsize * math.radians(cell_arcsec / 3600))
-    factor = weighting_noise_factor(
-        np.concatenate(us), np.concatenate(vs), np.concatenate(ws), uv_cell=uv_cell, weighting=weighting,
-        robust=robust,
-    )
-    return NoiseExpectation(
-        rms_jy=natural_rms * factor, natural_rms_jy=natural_rms, weighting_factor=factor, n_samples=n_samples,
-        n_baselines=n_bl, channel_width_hz=chan_width, integration_s=dt, sefd_jy=sefd_jy,
+    return dict(
+        n_samples=int(good.sum()), baselines={(int(x), int(y)) for x, y, ok in zip(a1, a2, ok_row) if ok},
+        chan_width=chan_width, dt=dt, u=us, v=vs, w=ws,
     )

@@ -95,6 +95,30 @@ def read_beam_inputs(ms: str | Path) -> BeamInputs:
     )
 
 
+def read_block_beam_inputs(ms_paths: list[str | Path]) -> BeamInputs:
+    """:func:`read_beam_inputs` of a block given as its subband MSs (one spectral window each, or more).
+
+    The same as reading their concatenation: the integrations are the union of
+    every MS's (the subband files of a block start up to a minute apart), each
+    window keeps its weights at its own integrations and none at the others.
+    The MSs must share one phase centre (checked by the imager).
+    """
+    parts = [read_beam_inputs(p) for p in ms_paths]
+    if not parts:
+        raise ValueError("no MS to read the beam inputs from")
+    times_jd = np.unique(np.round(np.concatenate([p.times_jd for p in parts]) * 86400.0, 3)) / 86400.0
+    freqs = np.concatenate([p.freqs_hz for p in parts])
+    weights = np.zeros((len(times_jd), len(freqs)))
+    col = 0
+    for p in parts:
+        rows = np.searchsorted(times_jd, np.round(p.times_jd * 86400.0, 3) / 86400.0)
+        weights[rows, col:col + len(p.freqs_hz)] = p.weights
+        col += len(p.freqs_hz)
+    order = np.argsort(freqs, kind="stable")
+    return BeamInputs(times_jd=times_jd, freqs_hz=freqs[order], weights=weights[:, order],
+                      phase_center=parts[0].phase_center)
+
+
 def pointing_track(times_jd: np.ndarray, phase_center: tuple[float, float], mid_jd: float) -> np.ndarray:
     """ICRS positions (radians, shape (n_times, 2)) of the fixed pointing at each time.
 

@@ -11,7 +11,8 @@ run directory       ``{products_root}/runs/{run_id}/``: ``config.toml``, ``run.j
                     ``blocks/{block_id}/`` (that run's block products, as below)
 block products      ``{products_root}/{date}/{block_id}/`` (a chord sent without a run):
                     ``{block_id}.ms`` (concatenated), ``{block_id}.image.fits``,
-                    ``{block_id}.pb.fits``, ``{block_id}.residual.fits``
+                    ``{block_id}.pb.fits``, ``{block_id}.residual.fits``,
+                    ``{block_id}.wsclean.log`` (imaging.backend = "wsclean"; no ``.ms`` then)
 simulation truth    ``{data_dir}/truth.json``, ``{data_dir}/truth_gains.npz``
 mosaic products     ``{products_root}/mosaics/{date}/{mosaic_id}/``:
                     ``{mosaic_id}.image.fits``, ``.noise.fits``, ``.weight.fits``,
@@ -138,6 +139,12 @@ class BlockProducts:
 
     def casa_image(self, kind: str) -> Path:
         return self.directory / f"{self.block_id}.{kind}"
+
+    def imaging_log(self, backend: str) -> Path:
+        """Output of an external imager run for this block (``{block_id}.wsclean.log``)."""
+        if not re.fullmatch(r"[a-z]+", backend):
+            raise ValueError(f"imager name {backend!r} is not a lower-case word")
+        return self.directory / f"{self.block_id}.{backend}.log"
 
     def fits(self, kind: str) -> Path:
         """FITS export of a CASA image product (``image``, ``pb``, ``residual``...)."""
