@@ -6,9 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast test-long redis clean
+.PHONY: setup demo test test-fast test-long redis wsclean clean
 
-setup: $(VENV)/.installed redis
+setup: $(VENV)/.installed redis wsclean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,11 +22,17 @@ redis:
 	  echo "installing redis-server with apt"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq redis-server >/dev/null; }
 
+# wsclean (imaging.backend = "wsclean"; its tests) from Debian's packages when it is missing
+wsclean:
+	@command -v wsclean >/dev/null 2>&1 || { \
+	  echo "installing wsclean with apt"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wsclean >/dev/null; }
+
 demo: setup
 	$(VENV)/bin/contimg demo --dir demo
 
 test: setup
-	$(PY) -m pytest -ra -m "not long"
+	$(PY) -m pytest -ra --durations=30 -m "not long"
 
 # the tests marked long (tens of minutes: 20 CASA-imaged epochs of the survey)
 test-long: setup

@@ -1,13 +1,16 @@
 """Accuracy of block images against the simulator's truth (issue 3); prints, never times.
 
     .venv/bin/python bench/accuracy.py [--preset small] [--blocks 1] [--random 60] [--out DIR]
+                                       [--backends tclean,wsclean]
 
 Simulates a night (gains off until calibration lands; noise on; bright
 sources placed around the first block's mid-time meridian plus random ones),
 runs convert -> concat -> image on every block with the default imaging
-settings, and prints per flux bin and beam radius: median S/S_true, its
-scatter (1.4826 MAD), median position offset in beams, n; then the noise
-against the radiometer expectation; last ``flux_err_median=...``.
+settings and each imaging backend in turn (the same data), and prints per
+backend the imaging seconds, then per flux bin and beam radius: median
+S/S_true, its scatter (1.4826 MAD), median position offset in beams, n; then
+the noise against the radiometer expectation; last ``flux_err_median=...``
+(of the last backend).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ def main() -> None:
     ap.add_argument("--random", type=int, default=60, help="random sources over the night's strip")
     ap.add_argument("--seed", type=int, default=11)
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--backends", default="tclean", help="comma-separated imaging backends: tclean, wsclean")
     args = ap.parse_args()
     out = args.out or Path(tempfile.mkdtemp(prefix="contimg-accuracy-"))
 
@@ -49,12 +53,22 @@ def main() -> None:
     t0 = time.perf_counter()
     simulate.simulate_night(sc, out / "data")
     t_sim = time.perf_counter() - t0
-    runs, rows = validation.run_night(out / "data", out / "work", ImagingConfig())
-
     print(f"# {args.preset}, {args.blocks} block(s), {len(sources)} placed + {args.random} random sources; "
-          f"simulate {t_sim:.0f} s; data in {out}")
+          f"simulate {t_sim:.0f} s; data in {out}", flush=True)
+    for backend in args.backends.split(","):
+        s = report(out, backend)
+    print(f"flux_err_median={s['flux_err_median']:.4f}")
+
+
+def report(out: Path, backend: str) -> dict:
+    """Image every block with ``backend`` (default settings otherwise), print its figures, return the summary."""
+    import os
+
+    load = os.getloadavg()[0]
+    runs, rows = validation.run_night(out / "data", out / f"work-{backend}", ImagingConfig(backend=backend))
+    print(f"## backend {backend} (load average {load:.1f} at start, {os.getloadavg()[0]:.1f} at end)")
     for run in runs:
-        print(f"# block {run.block_id}: {run.seconds} tclean {run.image.seconds.get('tclean')} s, "
+        print(f"# block {run.block_id}: {run.seconds} {backend} {run.image.seconds.get(backend)} s, "
               f"cell {run.image.cell_arcsec} arcsec, imsize {run.image.imsize}, "
               f"beam {run.image.beam_major_arcsec:.0f}x{run.image.beam_minor_arcsec:.0f} arcsec, "
               f"channel_average {run.image.channel_average}")
@@ -77,9 +91,12 @@ def main() -> None:
               f"{n.rms_jy * 1e3:.3f} mJy; ratio {run.image.rms_jy / n.rms_jy:.2f} "
               f"({run.image.rms_jy / n.natural_rms_jy:.2f} of natural); {n.n_baselines} baselines")
     s = validation.summarize(rows, runs)
-    print(f"n_sources={s['n_sources']} position_offset_median_beam={s['position_offset_median_beam']:.3f} "
-          f"noise_ratio_max={s['noise_ratio_max']:.2f}")
-    print(f"flux_err_median={s['flux_err_median']:.4f}")
+    print(f"{backend}: n_sources={s['n_sources']} flux_err_median={s['flux_err_median']:.4f} "
+          f"position_offset_median_beam={s['position_offset_median_beam']:.3f} "
+          f"noise_ratio_max={s['noise_ratio_max']:.2f} noise_ratio_natural_max={s['noise_ratio_natural_max']:.2f}",
+          flush=True)
+    return s
+
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """A full-size block end to end on a private local cluster (issue 7); prints, never asserts.
 
     .venv/bin/python bench/block.py [--data /tmp/contimg-bench-block] [--out DIR] [--configs 1w,2w]
-                                    [--baseline] [--repeat 1]
+                                    [--baseline] [--repeat 1] [--backend tclean|wsclean]
 
 Data: two consecutive ``full``-preset blocks (16 subbands each, 117 stations,
 48 channels, 24 integrations; ~6.9 GB a block) simulated once into ``--data``
@@ -28,6 +28,10 @@ wall time, the per-stage seconds recorded in the products database (per
 subband: convert, flag, calibrate; per block: concat, image (tclean, vp,
 export, pb, measure)), the photometry seconds, sizes, and the accuracy of
 the photometry against the truth.
+
+Imaging backend (``--backend``, default the configuration's): ``tclean``
+concatenates the 16 subband MSs and images the block MS; ``wsclean`` images
+the 16 subband MSs directly (no concat stage).
 
 Baseline in the same run (``--baseline``): the block's per-subband stages with
 the plain pyuvdata converter (``pipeline.converter = "pyuvdata"``) in ``2w``.
@@ -84,8 +88,9 @@ def simulate_blocks(data: Path) -> dict:
 # --------------------------------------------------------------------------- one run on a local cluster
 
 
-def make_config(out: Path, data: Path, nodes: str, **pipeline):
-    """Default configuration with roots under ``out``; ``nodes`` 1w (one node, 16 subbands) or 2w (default map)."""
+def make_config(out: Path, data: Path, nodes: str, backend: str | None = None, **pipeline):
+    """Default configuration with roots under ``out``; ``nodes`` 1w (one node, 16 subbands) or 2w (default map);
+    ``backend`` the imaging backend (default: the configuration's)."""
     from contimg import config
 
     env = {
@@ -95,6 +100,8 @@ def make_config(out: Path, data: Path, nodes: str, **pipeline):
         "CONTIMG_PATHS__SCRATCH_ROOT": str(out / "scratch"),
     }
     env.update({f"CONTIMG_PIPELINE__{k.upper()}": str(v) for k, v in pipeline.items()})
+    if backend:
+        env["CONTIMG_IMAGING__BACKEND"] = backend
     cfg = config.load(path=None, env=env)
     if nodes == "1w":
         cfg.nodes = {"node1": config.NodeConfig(name="node1", subbands=list(range(16)), imaging=True)}
@@ -125,7 +132,7 @@ def run_block(cfg, workdir: Path, block, data: Path) -> dict:
 
 
 def image_steps_from_logs(logdir: Path, block_id: str) -> dict:
-    """The imaging sub-steps (vp, tclean, export, pb, measure) logged by contimg.imaging.image_block."""
+    """The imaging sub-steps (vp, tclean or wsclean, export, pb, measure) logged by the block's imaging."""
     marker = f"block {block_id}: image steps "
     for log in sorted(logdir.glob("worker-*.log")):
         for line in log.read_text(errors="replace").splitlines():
@@ -216,7 +223,8 @@ def stage_table(rec: dict, phot: dict) -> dict:
         "subband_wall_s": t.get("subband_wall_s"),
         "concat_s": t.get("concat_s"),
         "image_s": t.get("image_s"),
-        "tclean_s": img.get("tclean"),
+        "imager": "wsclean" if "wsclean" in img else "tclean",
+        "tclean_s": img.get("tclean", img.get("wsclean")),
         "pb_fits_s": sum(img.get(k, 0.0) for k in ("vp", "export", "pb", "measure")),
         "photometry_s": phot["seconds"],
         "block_wall_s": t.get("block_wall_s"),
@@ -261,7 +269,7 @@ def print_run(name: str, rec: dict, phot: dict) -> dict:
     for node, d in sorted(st["per_node"].items()):
         print(f"   {node}: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in d.items()) + f" (sum {sum(d.values()):.1f} s)")
     print(f"   slowest subband {st['subband_wall_s']} s; concat {st['concat_s']} s; image {st['image_s']} s "
-          f"(tclean {st['tclean_s']} s, vp+export+pb+measure {st['pb_fits_s']:.1f} s: {b['image_steps']}); "
+          f"({st['imager']} {st['tclean_s']} s, vp+export+pb+measure {st['pb_fits_s']:.1f} s: {b['image_steps']}); "
           f"photometry {st['photometry_s']:.1f} s")
     img = rec.get("image") or {}
     print(f"   image {img.get('imsize')}^2 at {img.get('cell_arcsec')} arcsec, beam "
@@ -291,6 +299,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("/tmp/contimg-bench-block-run"), help="products and scratch")
     ap.add_argument("--configs", default="2w,1w", help="comma-separated: 2w (two worker processes), 1w (one)")
     ap.add_argument("--simulate-only", action="store_true")
+    ap.add_argument("--backend", choices=("tclean", "wsclean"), default=None,
+                    help="imaging backend (default: the configuration's)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from contimg import blocks, validation
@@ -307,14 +317,14 @@ def main() -> None:
     print(f"# {describe_data(args.data, target)}")
     print(f"# {os.cpu_count()} CPUs; load average at start {os.getloadavg()}", flush=True)
     configs = args.configs.split(",")
-    have_cal = calibrated_subbands(make_config(args.out, args.data, configs[0]), cal_block.block_id)
+    have_cal = calibrated_subbands(make_config(args.out, args.data, configs[0], args.backend), cal_block.block_id)
     if len(have_cal) < 16:
         shutil.rmtree(args.out, ignore_errors=True)
     else:
         print(f"# reusing the caltables of calibrator block {cal_block.block_id} in {args.out}")
     results = {}
     for i, name in enumerate(configs):
-        cfg = make_config(args.out, args.data, name)
+        cfg = make_config(args.out, args.data, name, args.backend)
         if i == 0 and len(have_cal) < 16:
             rec = run_block(cfg, args.out / f"cluster-{name}-cal", cal_block, args.data)
             phot = forced_photometry(rec, truth) if rec["state"] == "done" else None

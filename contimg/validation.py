@@ -3,8 +3,9 @@
 Used by ``tests/test_accuracy.py`` and ``bench/accuracy.py``. The chain is
 the pipeline's, as plain functions (no Celery): group the files
 (:func:`blocks.discover`), convert every subband with the block's mid-time,
-concatenate, optionally calibrate (``calibrate(block_ms) -> None``, a hook
-that writes CORRECTED_DATA, which :func:`imaging.image_block` then images),
+concatenate (tclean only; WSClean images the subband MSs), optionally
+calibrate (``calibrate(ms) -> None`` on each MS imaged, a hook that writes
+CORRECTED_DATA, which :func:`imaging.image_block` then images),
 image, then measure each truth source with :func:`photometry.measure_point`.
 
 Accuracy figures (:func:`summarize`):
@@ -72,7 +73,7 @@ def process_block(
     data_dir: Path, block_id: str, work_dir: Path, settings: ImagingConfig,
     calibrate: Callable[[Path], None] | None = None,
 ) -> BlockRun:
-    """Convert, concatenate, (calibrate,) image one block and compute its noise expectation."""
+    """Convert, concatenate (tclean), (calibrate,) image one block and compute its noise expectation."""
     t0 = time.perf_counter()
     block = blocks.discover(data_dir).block(block_id)
     scratch = work_dir / "scratch" / block_id
@@ -82,14 +83,19 @@ def process_block(
     ]
     t_convert = time.perf_counter()
     products = BlockProducts(work_dir / "products", block_id)
-    ms = imaging.concat_subbands([r.ms_path for r in results], products.concat_ms)
+    subband_mss = [Path(r.ms_path) for r in results]
+    if imaging.needs_concat(settings):
+        mss = [imaging.concat_subbands(subband_mss, products.concat_ms)]
+    else:  # wsclean images the subband MSs directly
+        mss = subband_mss
     t_concat = time.perf_counter()
     if calibrate is not None:
-        calibrate(ms)
-    image = imaging.image_block(ms, products, settings, block_id=block_id)
+        for ms in mss:
+            calibrate(ms)
+    image = imaging.image_block(mss, products, settings, block_id=block_id)
     t_image = time.perf_counter()
     expect = noise.expected_image_rms(
-        ms, cell_arcsec=image.cell_arcsec, imsize=image.imsize, weighting=settings.weighting, robust=settings.robust
+        mss, cell_arcsec=image.cell_arcsec, imsize=image.imsize, weighting=settings.weighting, robust=settings.robust
     )
     return BlockRun(
         block_id=block_id, block_index=-1, mid_jd=block.mid_jd, image=image, converts=results, noise=expect,

@@ -1,4 +1,4 @@
-"""The per-block chord callback: concatenate, image, register."""
+"""The per-block chord callback: concatenate (tclean only), image, register."""
 
 from __future__ import annotations
 
@@ -29,7 +29,11 @@ def _describe_failures(results: list[dict], missing: list[int]) -> str:
 def image_block(self, results: list[dict], block_id: str, node: str, missing: list[int] | None = None,
                 nodes_used: list[str] | None = None, token: str | None = None, run_id: str | None = None,
                 overrides: dict | None = None) -> dict:
-    """Concatenate the good subbands of a block, image Stokes I, register products.
+    """Image Stokes I from the good subbands of a block, register products.
+
+    With ``imaging.backend = "tclean"`` the subband MSs are first concatenated
+    into the block MS (registered as ``concat_ms``); with ``"wsclean"`` they are
+    imaged directly, no block MS exists and none is registered.
 
     With a ``run_id`` the products go to that run's directory and are also
     registered as the run's products (a rerun never overwrites an earlier run).
@@ -79,13 +83,18 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         return finish(db.DONE, "no-op stage set: nothing imaged" + (f"; {failures}" if failures else ""))
     prods = block_products(cfg.paths.products_root, block_id, run_id)
     try:
-        from ..imaging import concat_subbands, image_block as make_image
+        from ..imaging import concat_subbands, image_block as make_image, needs_concat
 
+        concatenated = needs_concat(cfg.imaging)
+        if concatenated:
+            t0 = time.monotonic()
+            concat_subbands([r["ms_path"] for r in ok], prods.concat_ms)
+            timings["concat_s"] = round(time.monotonic() - t0, 3)
+            vis = [prods.concat_ms]
+        else:
+            vis = [r["ms_path"] for r in ok]
         t0 = time.monotonic()
-        concat_subbands([r["ms_path"] for r in ok], prods.concat_ms)
-        timings["concat_s"] = round(time.monotonic() - t0, 3)
-        t0 = time.monotonic()
-        img = make_image(prods.concat_ms, prods, cfg.imaging, block_id=block_id,
+        img = make_image(vis, prods, cfg.imaging, block_id=block_id,
                          extra_header={"NSUBBAND": len(ok)})
         timings["image_s"] = round(time.monotonic() - t0, 3)
     except TransientError as e:
@@ -101,7 +110,11 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
         log.exception("unexpected error imaging block %s", block_id)
         return finish(db.FAILED, f"imaging: internal error {type(e).__name__}: {e}")
     info = img.as_dict()
-    db.record_product(url, block_id, "concat_ms", prods.concat_ms, n_subbands=len(ok))
+    if concatenated:
+        db.record_product(url, block_id, "concat_ms", prods.concat_ms, n_subbands=len(ok))
+    else:
+        db.record_product(url, block_id, "imaging_log", prods.imaging_log(img.backend), n_subbands=len(ok),
+                          imaged_from="subband MSs (no concatenated block MS)")
     measured = {k: info[k] for k in ("rms_jy", "peak_jy", "peak_pbcor_jy", "beam_major_arcsec",
                                      "beam_minor_arcsec", "beam_pa_deg", "cell_arcsec", "imsize")}
     for kind, path in info["fits"].items():
