@@ -1,5 +1,9 @@
 """Concatenate the subbands of a block and make its Stokes I image with tclean.
 
+``imaging.backend = "wsclean"`` makes the same products from the subband MSs
+directly with WSClean (:mod:`contimg.wsclean`, no concatenation); the rules
+below (cell, size, primary beam, headers, products) are shared by both.
+
 Choices (see ``docs/imaging.md``):
 
 - **Concatenation**: ``casatasks.concat`` into one real MS, inputs sorted by

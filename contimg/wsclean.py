@@ -162,6 +162,7 @@ def run(cmd: list[str], log_path: Path, *, block_id: str) -> str:
         except BaseException:
             proc.kill()
             proc.wait()
+            os.replace(tmp, log_path)  # what it did until then
             raise
     os.replace(tmp, log_path)
     output = log_path.read_text(errors="replace")
