@@ -35,7 +35,8 @@ def calibrate_subband(cfg: Config, block_id: str, subband: int, ms: Path, mid_jd
     if pointing_dec_deg is None:
         return {"calibration": "uncalibrated", "reason": "not a DSA-110 drift-scan file (no pointing declination)"}
     dec = math.radians(pointing_dec_deg)
-    cal = calibrator_for_block(mid_jd, dec, settings.min_apparent_jy, settings.max_offset_deg)
+    cal = calibrator_for_block(mid_jd, dec, settings.min_apparent_jy, settings.max_offset_deg,
+                               include_synthetic=settings.include_synthetic_calibrators)
     if cal is not None:
         res = solve_subband(ms, cal.calibrator, settings, cfg.paths.products_root, block_id=block_id,
                             subband=subband, pointing_dec_rad=dec)

@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 MODEL_CHUNK_ROWS = 20_000
 """Rows of MODEL_DATA computed and written at once (bounds the memory)."""
 
+MODEL_BEAMS = ("drift", "none")
+"""Primary-beam attenuation of the calibrator model: ``drift`` (the DSA-110's fixed
+dish, Airy power beam along the block's drift) or ``none`` (no attenuation: a
+tracking dish pointed at the calibrator, as in the VLA and ATA test data)."""
+
 
 # ---------------------------------------------------------------------------
 # caltable sets and their selection (pure)
@@ -138,7 +143,8 @@ def select_caltables(candidates: Sequence[CaltableSet], target_mid_jd: float, wi
 
 
 def write_calibrator_model(
-    ms: str | Path, calibrator: CatalogueCalibrator, *, pointing_dec_rad: float | None = None
+    ms: str | Path, calibrator: CatalogueCalibrator, *, pointing_dec_rad: float | None = None,
+    primary_beam: str = "drift",
 ) -> dict:
     """Write MODEL_DATA of a calibrator seen through the drifting primary beam.
 
@@ -150,17 +156,24 @@ def write_calibrator_model(
     pointing_dec_rad : float, optional
         Pointing declination (observed frame). Default: the phase centre's
         observed declination at the MS's mid-time (the phase centre is the
-        meridian point at the block's mid-time).
+        meridian point at the block's mid-time). Unused with ``primary_beam = "none"``.
+    primary_beam : str
+        ``drift`` (default; the DSA-110 drift scan) or ``none`` (the model is
+        the catalogue flux density, unattenuated: data of a tracking dish
+        pointed at the calibrator, such as the VLA and ATA test files).
 
     Returns
     -------
     dict
         ``l``, ``m`` (direction cosines of the calibrator), ``beam_min`` and
         ``beam_max`` (the attenuation range over the block at the band centre
-        of the MS), ``pointing_dec_deg``.
+        of the MS; 1 with ``primary_beam = "none"``), ``pointing_dec_deg``
+        (None with ``primary_beam = "none"``).
     """
     from . import calibrators
 
+    if primary_beam not in MODEL_BEAMS:
+        raise ValueError(f"primary_beam {primary_beam!r} is not one of {', '.join(MODEL_BEAMS)}")
     ms = Path(ms)
     ct, cta = casa_env.casatools(), casa_env.casatasks()
     ra0, dec0 = _phase_centre(ms)
@@ -172,7 +185,7 @@ def write_calibrator_model(
         has_model = "MODEL_DATA" in tb.colnames()
     finally:
         tb.close()
-    if pointing_dec_rad is None:
+    if pointing_dec_rad is None and primary_beam == "drift":
         pointing_dec_rad = _observed_dec(ra0, dec0, float(np.mean(times)))
     if not has_model:
         # Adds MODEL_DATA (and CORRECTED_DATA) columns, both reset.
@@ -186,7 +199,10 @@ def write_calibrator_model(
 
     utimes, inverse = np.unique(times, return_inverse=True)
     jd = utimes / 86400.0 + 2400000.5
-    beam = calibrators.beam_attenuation(calibrator.ra_deg, calibrator.dec_deg, jd, pointing_dec_rad, freqs)
+    if primary_beam == "drift":
+        beam = calibrators.beam_attenuation(calibrator.ra_deg, calibrator.dec_deg, jd, pointing_dec_rad, freqs)
+    else:
+        beam = np.ones((len(jd), len(freqs)))
     spectrum = calibrator.flux_at(freqs)  # (n_chan,)
     amp_t = beam * spectrum[None, :]  # (n_times, n_chan)
 
@@ -217,7 +233,7 @@ def write_calibrator_model(
         "m": m_,
         "beam_min": float(beam[:, mid].min()),
         "beam_max": float(beam[:, mid].max()),
-        "pointing_dec_deg": math.degrees(pointing_dec_rad),
+        "pointing_dec_deg": None if pointing_dec_rad is None else math.degrees(pointing_dec_rad),
     }
 
 
@@ -258,6 +274,7 @@ def solve_subband(
     block_id: str | None = None,
     subband: int | None = None,
     pointing_dec_rad: float | None = None,
+    primary_beam: str = "drift",
 ) -> SolveResult:
     """Solve the bandpass and complex gains of one subband of a calibrator block.
 
@@ -274,6 +291,8 @@ def solve_subband(
         Default: parsed from the MS name (``{block_id}_sb{NN}.ms``).
     pointing_dec_rad : float, optional
         See :func:`write_calibrator_model`.
+    primary_beam : str
+        ``drift`` (DSA-110, default) or ``none``; see :func:`write_calibrator_model`.
 
     Returns
     -------
@@ -297,16 +316,23 @@ def solve_subband(
     tmps = {kind: temporary_name(p) for kind, p in paths.items()}
     cta = casa_env.casatasks()
     t0 = time.perf_counter()
-    model = write_calibrator_model(ms, calibrator, pointing_dec_rad=pointing_dec_rad)
+    model = write_calibrator_model(ms, calibrator, pointing_dec_rad=pointing_dec_rad, primary_beam=primary_beam)
     t_model = time.perf_counter()
     refant = settings.refant or choose_refant(ms)
+    casa_refant = casa_antenna_selection(refant, _antenna_names(ms))
     try:
         paths["bandpass"].parent.mkdir(parents=True, exist_ok=True)
         for tmp in tmps.values():
             remove_path(tmp)
-        cta.bandpass(**bandpass_args(ms, tmps["bandpass"], refant, settings))
+        cta.bandpass(**bandpass_args(ms, tmps["bandpass"], casa_refant, settings))
         t_bp = time.perf_counter()
-        cta.gaincal(**gaincal_args(ms, tmps["gain"], tmps["bandpass"], refant, settings))
+        if not (tmps["bandpass"] / "table.dat").is_file():
+            # CASA logs its error and returns: say so here rather than let gaincal fail on the missing table.
+            raise PermanentError(
+                f"CASA wrote no bandpass caltable for {ms} (block {block_id}, sb{subband:02d}, refant "
+                f"{casa_refant!r}); see the CASA log {_casa_log()}, check the flags and the calibrator"
+            )
+        cta.gaincal(**gaincal_args(ms, tmps["gain"], tmps["bandpass"], casa_refant, settings))
         t_g = time.perf_counter()
         for kind in ("bandpass", "gain"):
             if not (tmps[kind] / "table.dat").is_file():
@@ -372,6 +398,37 @@ def gaincal_args(ms: Path, caltable: Path, bandpass: Path, refant: str, settings
         vis=str(ms), caltable=str(caltable), solint=settings.solint, combine="scan", refant=refant,
         gaintype="G", calmode="ap", minsnr=settings.minsnr, gaintable=[str(bandpass)], append=False,
     )
+
+
+def casa_antenna_selection(names: str, antenna_names: Sequence[str]) -> str:
+    """The antennas ``names`` (one or a comma list) as CASA's antenna selection will read them.
+
+    CASA parses a name that starts with a digit and goes on with letters
+    (the ATA's ``1c``) as a quantity with a unit and fails; such a name is
+    given as its index in the ANTENNA table instead. Names CASA reads as
+    they are (``DSA-051``, ``ea05``, the VLA's ``7``) are kept.
+
+    Raises
+    ------
+    PermanentError
+        A name not in ``antenna_names``, or one whose index is also another
+        antenna's name (CASA could not tell them apart).
+    """
+    import re
+
+    out = []
+    for name in (n.strip() for n in names.split(",") if n.strip()):
+        if not re.match(r"^\d+[^\d,]", name):
+            out.append(name)
+            continue
+        if name not in antenna_names:
+            raise PermanentError(f"antenna {name!r} is not in the MS (antennas: {', '.join(antenna_names)})")
+        index = str(list(antenna_names).index(name))
+        if index in antenna_names:
+            raise PermanentError(f"antenna {name!r} cannot be given to CASA: its index {index} is another antenna's "
+                                 "name; set calibration.refant to another antenna")
+        out.append(index)
+    return ",".join(out)
 
 
 def choose_refant(ms: str | Path) -> str:
@@ -563,6 +620,21 @@ def _observed_dec(ra_rad: float, dec_rad: float, time_mjd_s: float) -> float:
     frame = HADec(obstime=t, location=tel.site_location(), pressure=0 * u.hPa)
     c = SkyCoord(ra=ra_rad * u.rad, dec=dec_rad * u.rad, frame="icrs").transform_to(frame)
     return float(c.dec.rad)
+
+
+def _antenna_names(ms: Path) -> list[str]:
+    tb = casa_env.casatools().table()
+    tb.open(str(ms / "ANTENNA"))
+    try:
+        return [str(n) for n in tb.getcol("NAME")]
+    finally:
+        tb.close()
+
+
+def _casa_log() -> str:
+    import os
+
+    return os.environ.get("CONTIMG_CASA_LOGFILE", "(CASA log)")
 
 
 def _antennas_with_data(ms: Path) -> np.ndarray:

@@ -189,6 +189,7 @@ def calibrators_in_block(
     *,
     entries: Sequence[CatalogueCalibrator] | None = None,
     freq_hz: float = BAND_CENTRE_HZ,
+    include_synthetic: bool = True,
 ) -> list[CalibratorInBlock]:
     """Catalogued calibrators that the drifting beam of a block sees brightly enough.
 
@@ -204,6 +205,9 @@ def calibrators_in_block(
         Default: the shipped catalogue.
     freq_hz : float
         Frequency of the test (default the band centre).
+    include_synthetic : bool
+        False leaves out the simulator's synthetic entries (``kind ==
+        "synthetic"``, the ``SIMCAL*``): ``calibration.include_synthetic_calibrators``.
 
     Returns
     -------
@@ -211,6 +215,8 @@ def calibrators_in_block(
         Brightest first; empty when the block is not a calibrator block.
     """
     entries = catalogue() if entries is None else tuple(entries)
+    if not include_synthetic:
+        entries = tuple(c for c in entries if c.kind != "synthetic")
     times = block_times_jd(mid_jd)
     # Cheap pre-selection: only sources within a few beam widths of the pointing
     # declination can be seen (the drift moves the beam in RA only).
@@ -230,15 +236,16 @@ def calibrators_in_block(
 
 
 def calibrator_for_block(mid_jd: float, dec_rad: float, min_apparent_jy: float,
-                         max_offset_deg: float) -> CalibratorInBlock | None:
+                         max_offset_deg: float, *, include_synthetic: bool = True) -> CalibratorInBlock | None:
     """The calibrator that makes a block a calibrator block, or None.
 
     It must be bright enough through the beam (``min_apparent_jy``) and pass
     within ``max_offset_deg`` of the pointing during the block: solving on a
     calibrator out in the beam's edge would lean on the beam model where it is
-    least certain. The brightest such calibrator wins.
+    least certain. The brightest such calibrator wins. ``include_synthetic``:
+    see :func:`calibrators_in_block`.
     """
-    for c in calibrators_in_block(mid_jd, dec_rad, min_apparent_jy):
+    for c in calibrators_in_block(mid_jd, dec_rad, min_apparent_jy, include_synthetic=include_synthetic):
         if c.min_offset_deg <= max_offset_deg:
             return c
     return None

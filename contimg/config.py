@@ -201,6 +201,8 @@ class FlaggingConfig:
     """rflag: threshold on the local time r.m.s., in units of its median."""
     rflag_freqdevscale: float = 5.0
     """rflag: threshold on the spectral r.m.s., in units of its median."""
+    use_autocorrelations: bool = True
+    """Find dead and noisy antennas from their autocorrelations; false for data whose autocorrelations are missing or untrustworthy (the ATA test file)."""
 
 
 @dataclass
@@ -223,6 +225,8 @@ class CalibrationConfig:
     """Solutions below this signal-to-noise ratio are flagged."""
     without_calibration: str = "uncalibrated"
     """A target block with no valid caltables: wait (for a later calibrator), uncalibrated (image DATA) or fail."""
+    include_synthetic_calibrators: bool = True
+    """Keep the simulator's synthetic catalogue entries (SIMCAL*) when looking for calibrator blocks; set false on real data, where they are blank sky (docs/calibration.md)."""
 
 
 @dataclass

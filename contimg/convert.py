@@ -362,7 +362,8 @@ def _center_name(uvd) -> str:
 
 
 def prepare_for_ms(uvd) -> None:
-    """Metadata fixes before writing: DSA-110 name and dishes, ascending channels."""
+    """Metadata fixes before writing: DSA-110 name and dishes, ascending channels, sample counts."""
+    _repair_nsamples(uvd)
     if is_dsa110(uvd):
         # CASA looks the primary beam up by TELESCOPE_NAME (see imaging.py).
         uvd.telescope.name = telescope.TELESCOPE_NAME
@@ -378,6 +379,33 @@ def prepare_for_ms(uvd) -> None:
     uvd.channel_width = np.abs(uvd.channel_width)
     # CASA expects ant1 < ant2 (pyuvdata would otherwise do this on writing).
     uvd.conjugate_bls("ant1<ant2")
+
+
+def _repair_nsamples(uvd) -> None:
+    """Make the sample counts (the MS weights) usable.
+
+    A count below zero or not finite is invalid (UVH5 requires counts >= 0);
+    CASA drops data of negative weight, so such a file would not calibrate.
+    When every count of the file is the same invalid value the file simply
+    carries no counts (the ATA test file has -1.23e12 throughout): every
+    visibility gets the count 1. Otherwise the invalid ones are flagged, with
+    count 0. A metadata-only object (the fast converter's) is left alone.
+    """
+    ns = uvd.nsample_array
+    if ns is None:
+        return
+    bad = ~np.isfinite(ns) | (ns < 0)
+    if not bad.any():
+        return
+    if bad.all() and np.unique(ns).size == 1:
+        log.warning("%s: every sample count is %r (invalid); all visibilities get weight 1",
+                    uvd.telescope.name, float(ns.flat[0]))
+        uvd.nsample_array = np.ones_like(ns)
+        return
+    log.warning("%s: %d invalid sample counts (negative or not finite); those visibilities are flagged",
+                uvd.telescope.name, int(bad.sum()))
+    uvd.flag_array = uvd.flag_array | bad
+    uvd.nsample_array = np.where(bad, 0, ns).astype(ns.dtype)
 
 
 def write_ms_atomically(uvd, ms_path: Path) -> dict[str, float]:

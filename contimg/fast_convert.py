@@ -159,7 +159,13 @@ def convert_subband_fast(
         plan = _geometry(uvd, center)
         t_phase = time.perf_counter()
 
-        check = _write_ms_atomically(uvd, data, plan, src, dst)
+        try:
+            check = _write_ms_atomically(uvd, data, plan, src, dst)
+        except _InvalidSampleCounts:
+            # Rare and never a DSA-110 file: the pyuvdata path repairs them (convert._repair_nsamples).
+            log.info("%s has invalid sample counts; converting it with pyuvdata", src)
+            f.close()
+            return convert.convert_subband(src, dst, phase_center=phase_center, block_mid_jd=block_mid_jd)
         t_write = time.perf_counter()
     finally:
         if f.id.valid:
@@ -471,6 +477,10 @@ def _write_ms_atomically(uvd, data: _Data, plan: _Plan, src: Path, ms_path: Path
         raise
 
 
+class _InvalidSampleCounts(Exception):
+    """The file has sample counts below zero or not finite (see ``convert._repair_nsamples``)."""
+
+
 def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
     """Write the main table block by block, then the subtables, as pyuvdata's ``write_ms`` does."""
     from astropy.time import Time
@@ -489,6 +499,8 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
             stop = min(start + ROWS_PER_BLOCK, n_rows)
             rows = slice(start, stop)
             vis, flags, nsamples = reader.read(start, stop)
+            if not np.all(nsamples >= 0):  # NaN fails too
+                raise _InvalidSampleCounts(src)
             ms.putcol("DATA", _rotate_and_flip(vis, plan, rows), start, stop - start)
             ms.putcol("FLAG", _reorder_axes(_conjugate_rows(flags, plan, rows), plan, bool), start, stop - start)
             nsamples = _conjugate_rows(nsamples, plan, rows)

@@ -9,7 +9,9 @@ Steps, in order (docs/calibration.md explains the choices):
 3. **Antennas found bad from their autocorrelations**: an antenna whose
    median XX or YY autocorrelation power is ``auto_outlier_factor`` above or
    below the array median (a noisy or dead receiver), or whose
-   autocorrelations are all flagged after step 1 (dead: zeros).
+   autocorrelations are all flagged after step 1 (dead: zeros). Skipped
+   with ``use_autocorrelations = false`` (data without trustworthy
+   autocorrelations, such as the ATA test file).
 4. **RFI**: ``casatasks.flagdata`` with ``tfcrop`` and/or ``rflag``.
 
 Steps 1-3 are done in numpy on the FLAG column (one read, one write), which
@@ -171,7 +173,7 @@ def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None =
         ratios = _auto_power_ratios(data, flag, a1, a2, len(names))
         factor = settings.auto_outlier_factor
         found = []
-        for i, name in enumerate(names):
+        for i, name in enumerate(names if settings.use_autocorrelations else []):
             r = ratios[i]
             if name in bad or not np.any(a1 == i):
                 continue

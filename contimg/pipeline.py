@@ -146,7 +146,8 @@ def calibrator_of(cfg: Config, block: Block) -> str | None:
     if dec is None:
         return None
     c = calibrator_for_block(block.mid_jd, math.radians(dec), cfg.calibration.min_apparent_jy,
-                             cfg.calibration.max_offset_deg)
+                             cfg.calibration.max_offset_deg,
+                             include_synthetic=cfg.calibration.include_synthetic_calibrators)
     return c.calibrator.name if c else None
 
 

@@ -66,3 +66,20 @@ def test_caltable_names_round_trip(tmp_path):
     assert products.parse_caltable("x.ms") is None
     with pytest.raises(ValueError):
         products.caltable(tmp_path, "2025-10-05T03:15:02", 7, "delay")
+
+
+def test_synthetic_calibrators_can_be_left_out(tmp_path, monkeypatch):
+    """``calibration.include_synthetic_calibrators = false``: SIMCAL54's transit is no calibrator block."""
+    from contimg import config
+
+    sc = sim.Scenario(n_blocks=6, n_random_sources=0)
+    mid, dec = _block_mid_jd(sc, 3), math.radians(sc.dec_deg)
+    assert [f.calibrator.name for f in calibrators.calibrators_in_block(mid, dec, 5.0)] == ["SIMCAL54"]
+    assert calibrators.calibrators_in_block(mid, dec, 5.0, include_synthetic=False) == []
+    assert calibrators.calibrator_for_block(mid, dec, 5.0, 0.3).calibrator.name == "SIMCAL54"
+    assert calibrators.calibrator_for_block(mid, dec, 5.0, 0.3, include_synthetic=False) is None
+    # The configuration switch: on by default (the simulated demo and tests need SIMCAL*), off from the env.
+    monkeypatch.chdir(tmp_path)
+    assert config.load(env={}).calibration.include_synthetic_calibrators is True
+    off = config.load(env={"CONTIMG_CALIBRATION__INCLUDE_SYNTHETIC_CALIBRATORS": "false"})
+    assert off.calibration.include_synthetic_calibrators is False
