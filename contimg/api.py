@@ -10,6 +10,8 @@ Example (docs/notebooks/)::
 
 from __future__ import annotations
 
+import time
+
 from . import config as _config
 from . import database as db
 from .errors import ContimgError
@@ -76,6 +78,9 @@ def wait(config: _config.Config | str | None = None, *, run_id: str, timeout_s: 
     class _Watch:  # the dispatcher interface, doing nothing: the service dispatches
         def step(self) -> list[str]:
             return []
+
+        def idle(self, timeout_s: float) -> None:
+            time.sleep(timeout_s)
 
     return _wait(cfg, found[0]["block_ids"], poll_s=poll_s, timeout_s=timeout_s,
                  dispatcher=Dispatcher(cfg) if dispatch else _Watch())

@@ -384,7 +384,7 @@ def cmd_dispatch(args) -> int:
             if args.json:
                 _print_json(WorkQueue.from_url(cfg.broker.url).counts())
             return EXIT_OK
-        time.sleep(cfg.dispatch.poll_s)
+        disp.idle(cfg.dispatch.poll_s)
 
 
 # -- ese -----------------------------------------------------------------------

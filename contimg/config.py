@@ -18,6 +18,7 @@ message names the key.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import re
 import tomllib
@@ -980,6 +981,12 @@ def write(cfg: Config, path: str | os.PathLike) -> Path:
     return path
 
 
+@functools.lru_cache(maxsize=64)
+def _resolved_roots(roots: tuple[str, ...]) -> tuple[Path, ...]:
+    """The roots, resolved once per process (every task checks its paths against them)."""
+    return tuple(Path(r).resolve() for r in roots)
+
+
 def check_path_in_roots(cfg: Config, path: str | os.PathLike, what: str = "path") -> Path:
     """Resolve ``path`` and require it to lie under a configured root.
 
@@ -990,12 +997,9 @@ def check_path_in_roots(cfg: Config, path: str | os.PathLike, what: str = "path"
     p = Path(path).resolve()
     roots = [cfg.paths.data_root, cfg.paths.products_root, cfg.paths.archive_root, cfg.paths.scratch_root]
     roots += [cfg.scratch_root(n) for n in cfg.nodes] + list(cfg.paths.allowed_roots)
-    for r in roots:
-        try:
-            p.relative_to(Path(r).resolve())
+    for r in _resolved_roots(tuple(str(r) for r in roots)):
+        if p.is_relative_to(r):
             return p
-        except ValueError:
-            continue
     from .errors import PermanentError
 
     raise PermanentError(f"{what} {p} is outside the configured roots; add its root to paths.allowed_roots")

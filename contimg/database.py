@@ -333,10 +333,18 @@ def block(url: str, block_id: str) -> dict[str, Any] | None:
         return block_dict(row) if row else None
 
 
+def started_at(url: str, block_id: str) -> datetime | None:
+    """When the block's first subband task started (None: unknown block, or not started)."""
+    t = BlockRow.__table__
+    with engine(url).connect() as con:
+        return con.execute(select(t.c.started_at).where(t.c.block_id == block_id)).scalar()
+
+
 def states(url: str, block_ids: list[str]) -> dict[str, str]:
     """block id -> state, cheap enough to poll."""
-    with session(url) as s:
-        rows = s.execute(select(BlockRow.block_id, BlockRow.state).where(BlockRow.block_id.in_(block_ids)))
+    t = BlockRow.__table__
+    with engine(url).connect() as con:
+        rows = con.execute(select(t.c.block_id, t.c.state).where(t.c.block_id.in_(block_ids)))
         return {bid: st for bid, st in rows}
 
 
@@ -347,12 +355,17 @@ def create_run(url: str, run_id: str, *, kind: str, selection: dict, submitted_b
                      config_toml=config_toml, remap=remap, block_ids=block_ids, submitted_at=utcnow()))
 
 
-def runs(url: str, run_id: str | None = None) -> list[dict[str, Any]]:
-    """Runs (newest first) with the states of their blocks."""
+def runs(url: str, run_id: str | None = None, *, without_product: str | None = None) -> list[dict[str, Any]]:
+    """Runs (newest first) with the states of their blocks; ``without_product``: only the runs
+    that registered no run-level product of that kind (the dispatcher's weblog pass asks for
+    the runs without a weblog, so its cost does not grow with the season's history)."""
     with session(url) as s:
         q = select(RunRow).order_by(RunRow.submitted_at.desc())
         if run_id is not None:
             q = q.where(RunRow.run_id == run_id)
+        if without_product is not None:
+            q = q.where(RunRow.run_id.not_in(select(RunProductRow.run_id).where(
+                RunProductRow.kind == without_product, RunProductRow.block_id == "")))
         out = []
         for r in s.scalars(q):
             st = dict(s.execute(select(BlockRow.block_id, BlockRow.state).where(
@@ -848,8 +861,3 @@ def cleanup_of(url: str, run_id: str) -> dict[str, Any] | None:
                 "directory": r.directory}
 
 
-def runs_with_product(url: str, kind: str) -> set[str]:
-    """Ids of the runs that registered a run-level product of this kind (e.g. ``weblog``)."""
-    with session(url) as s:
-        q = select(RunProductRow.run_id).where(RunProductRow.kind == kind, RunProductRow.block_id == "")
-        return {r[0] for r in s.execute(q)}

@@ -39,6 +39,9 @@ PREFIX = "contimg:"
 K_PENDING, K_SPEC, K_INFLIGHT, K_NODE, K_TOKEN, K_ATTEMPTS = (
     PREFIX + k for k in ("pending", "spec", "inflight", "node", "token", "attempts"))
 KEYS = [K_PENDING, K_SPEC, K_INFLIGHT, K_NODE, K_TOKEN, K_ATTEMPTS]
+K_FREED = PREFIX + "freed"
+"""Wake-ups: each release pushes the block id here (at most 1000 kept); a dispatcher that
+waits between passes blocks on it, so a freed slot is refilled at once, not at its next poll."""
 
 # enqueue(block, spec_json, order, force): add unless pending or in flight
 _ENQUEUE = """
@@ -88,6 +91,8 @@ redis.call('HDEL', nodes, ARGV[1])
 redis.call('HDEL', tokens, ARGV[1])
 redis.call('HDEL', spec, ARGV[1])
 redis.call('HDEL', attempts, ARGV[1])
+redis.call('LPUSH', KEYS[6], ARGV[1])
+redis.call('LTRIM', KEYS[6], 0, 999)
 return 1
 """
 
@@ -144,8 +149,19 @@ class WorkQueue:
         self._reap = client.register_script(_REAP)
 
     @classmethod
-    def from_url(cls, url: str) -> WorkQueue:
-        return cls(redis.Redis.from_url(url))
+    def from_url(cls, url: str, patient: bool = False) -> WorkQueue:
+        """A queue on the Redis at ``url``. ``patient``: each command is retried on connection
+        errors for about a minute (a restarting Redis), for the tasks' lease renewals and
+        releases, which are idempotent; a dispatcher is not patient, its loop retries."""
+        if not patient:
+            return cls(redis.Redis.from_url(url))
+        from redis.backoff import ExponentialBackoff
+        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+        from redis.retry import Retry
+
+        retry = Retry(ExponentialBackoff(cap=2.0, base=0.1), 40)
+        return cls(redis.Redis.from_url(url, retry=retry,
+                                        retry_on_error=[BusyLoadingError, ConnectionError, TimeoutError]))
 
     def enqueue(self, block_id: str, spec: dict, force: bool = False, first: bool = False) -> str:
         """Queue a block; returns ``queued``, ``pending`` (already waiting) or ``inflight``.
@@ -176,7 +192,19 @@ class WorkQueue:
 
     def release(self, block_id: str, token: str) -> bool:
         """The block ended; free its slot. False when the token was stale."""
-        return bool(self._release(keys=[K_INFLIGHT, K_NODE, K_TOKEN, K_SPEC, K_ATTEMPTS], args=[block_id, token]))
+        return bool(self._release(keys=[K_INFLIGHT, K_NODE, K_TOKEN, K_SPEC, K_ATTEMPTS, K_FREED],
+                                  args=[block_id, token]))
+
+    def wait_freed(self, timeout_s: float) -> bool:
+        """Block until a block is released (True) or ``timeout_s`` passes (False).
+
+        Wake-ups are hints: with several dispatchers one of them gets each;
+        the others see the free slot at their next pass anyway.
+        """
+        got = self.r.blpop([K_FREED], timeout=max(timeout_s, 0.01))
+        if got:
+            self.r.delete(K_FREED)  # one pass serves every release so far
+        return bool(got)
 
     def reap(self, max_attempts: int, now: float | None = None) -> list[Reaped]:
         """Requeue blocks whose lease expired (or give them up after max_attempts)."""

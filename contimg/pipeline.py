@@ -200,6 +200,13 @@ class Dispatcher:
         _stop_result_listener(self._app())
         return events + self.notify()
 
+    def idle(self, timeout_s: float) -> None:
+        """Wait for the next pass: until a block frees its slot, or ``timeout_s``."""
+        try:
+            self.queue.wait_freed(timeout_s)
+        except BROKER_DOWN:
+            time.sleep(timeout_s)
+
     def notify(self, force: bool = False) -> list[str]:
         """Write the weblogs of runs that finished, then email and post the runs and nights
         that finished (contimg/notify.py), at most every ``notify.check_s`` unless ``force``;
@@ -346,7 +353,7 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             open_ = [b for b in block_ids if states.get(b) not in final]
             raise TimeoutError(f"blocks still open after {timeout_s:.0f} s: {', '.join(open_)}")
-        time.sleep(poll_s)
+        dispatcher.idle(poll_s)
 
 
 STAGES = ("convert_s", "flag_s", "calibrate_s", "concat_s", "image_s")

@@ -392,10 +392,9 @@ def render_finished_runs(cfg: Config) -> list[Path]:
     """
     url = cfg.database_url
     out = []
-    written = db.runs_with_product(url, "weblog")
-    for run in db.runs(url):
+    for run in db.runs(url, without_product="weblog"):
         states = set(run["states"])
-        if run["run_id"] in written or not run["block_ids"] or not states <= {db.DONE, db.FAILED}:
+        if not run["block_ids"] or not states <= {db.DONE, db.FAILED}:
             continue
         page = render_run(cfg, run["run_id"])
         db.record_run_product(url, run["run_id"], "", "weblog", page)

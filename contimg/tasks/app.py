@@ -19,6 +19,7 @@ import logging
 from celery import Celery
 
 from .. import config as _config
+from .backend import backend_url
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ def celery_settings(cfg: _config.Config) -> dict:
     b = cfg.broker
     return dict(
         broker_url=b.url,
-        result_backend=b.url,
+        result_backend=backend_url(b.url),  # Celery's Redis backend, chord step retried (backend.py)
         task_serializer="json",
         result_serializer="json",
         accept_content=["json"],
@@ -50,9 +51,16 @@ def celery_settings(cfg: _config.Config) -> dict:
         worker_max_memory_per_child=b.worker_max_memory_mb * 1024,  # KiB; CASA-heavy processes grow slowly
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a restarting Redis must not end the worker
+        # A message sent while Redis restarts waits for it (about 2 min at most) instead of
+        # failing: a chord cut in half by an outage would leave its block unfinished until
+        # its lease expired (tests/test_faults.py::test_redis_restart_mid_night).
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 60, "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": 2.0},
         result_backend_always_retry=True,  # results and chord counters survive a Redis restart
         result_backend_max_retries=30,
         worker_hijack_root_logger=False,
+        worker_disable_rate_limits=True,  # no task has a rate limit; skips the check per message
         worker_send_task_events=b.task_events,  # Flower
         task_send_sent_event=b.task_events and b.task_sent_events,
     )
@@ -105,7 +113,7 @@ def work_queue():
     if _queue is None:
         from ..dispatch import WorkQueue
 
-        _queue = WorkQueue.from_url(current_config().broker.url)
+        _queue = WorkQueue.from_url(current_config().broker.url, patient=True)  # a restarting Redis
     return _queue
 
 

@@ -56,18 +56,20 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     uncalibrated = sorted(r["subband"] for r in ok if r.get("calibration") == "uncalibrated")
 
     def finish(state: str, reason: str | None, **extra) -> dict:
-        rec = db.block(url, block_id) or {}
-        started = rec.get("started_at")
+        started = db.started_at(url, block_id)
         now = db.utcnow()
         if started:
-            timings["block_wall_s"] = round((now - db.parse_iso(started)).total_seconds(), 3)
+            timings["block_wall_s"] = round((now - started).total_seconds(), 3)
         db.upsert_block(url, block_id, state=state, reason=reason, n_subbands_ok=len(ok),
                         finished_at=now, timings=timings)
         if token is not None:
             work_queue().release(block_id, token)  # frees the imaging slot for the next block
         keep = state == db.FAILED and cfg.pipeline.keep_scratch_on_failure
         if not keep:
-            for n in sorted(set(nodes_used or [])):
+            # every node that ran a subband of the block, unless all its results say they wrote no scratch
+            reported = {r.get("node") for r in results}
+            dirty = {r.get("node") for r in results if r.get("scratch", True)}
+            for n in sorted((set(nodes_used or []) - reported) | (dirty & set(nodes_used or []))):
                 if n == node:  # this node's scratch is local: no task needed
                     shutil.rmtree(block_scratch_dir(cfg.scratch_root(n), block_id), ignore_errors=True)
                 else:

@@ -121,7 +121,9 @@ def _noop_stages(cfg, src):
     """The no-op stage set (:mod:`contimg.noop`): check the file, sleep."""
     from ..noop import subband_stage
 
-    return subband_stage(src, cfg.pipeline.noop_seconds), {"stage_set": "noop"}, {"calibration": "noop"}
+    # scratch False: nothing was written to the node's scratch, so the callback sends no cleanup there
+    return subband_stage(src, cfg.pipeline.noop_seconds), {"stage_set": "noop"}, {"calibration": "noop",
+                                                                                 "scratch": False}
 
 
 @app.task(bind=True, name="contimg.cleanup_scratch")
