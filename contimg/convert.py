@@ -38,6 +38,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -421,18 +422,33 @@ def write_ms_atomically(uvd, ms_path: Path) -> dict[str, float]:
     TransientError
         Lack of space or permission while writing; nothing is left behind.
     """
-    tmp = temporary_name(ms_path)
-    try:
-        ms_path.parent.mkdir(parents=True, exist_ok=True)
-        remove_path(tmp)
-        _check_free_space(uvd, ms_path)
+
+    def write(tmp: Path) -> dict[str, float]:
         with warnings.catch_warnings():
             # Expected for raw data: units "uncalib"; and pyuvdata's SIGMA of
             # zero-weight (flagged) rows, which CASA ignores.
             warnings.filterwarnings("ignore", message="Writing in the MS file that the units")
             warnings.filterwarnings("ignore", message="invalid value encountered in power")
             uvd.write_ms(str(tmp), clobber=True)
-        check = check_written_ms(tmp, expected_rows=int(uvd.Nblts), final=ms_path)
+        return check_written_ms(tmp, expected_rows=int(uvd.Nblts), final=ms_path)
+
+    return atomic_ms(uvd, ms_path, write)
+
+
+def atomic_ms(uvd, ms_path: Path, write_and_check: Callable[[Path], dict[str, float]]) -> dict[str, float]:
+    """Run ``write_and_check(tmp)`` on a temporary sibling of ``ms_path``, then rename it in place.
+
+    The one write protocol of both converters: the space for ``uvd`` is checked
+    first; a disk error (space, permissions) becomes a :class:`TransientError`
+    naming the MS and what to do; on any failure the temporary MS is removed,
+    so nothing half-written is ever left. Returns what ``write_and_check`` returns.
+    """
+    tmp = temporary_name(ms_path)
+    try:
+        ms_path.parent.mkdir(parents=True, exist_ok=True)
+        remove_path(tmp)
+        _check_free_space(uvd, ms_path)
+        check = write_and_check(tmp)
         replace_directory(tmp, ms_path)
         return check
     except (OSError, RuntimeError) as e:

@@ -48,8 +48,7 @@ import numpy as np
 
 from . import convert, phasing
 from .convert import ConvertResult
-from .errors import BadSubbandFile, TransientError
-from .products import is_disk_error, remove_path, replace_directory, temporary_name
+from .errors import BadSubbandFile
 
 log = logging.getLogger(__name__)
 
@@ -455,26 +454,12 @@ def _write_ms_atomically(uvd, data: _Data, plan: _Plan, src: Path, ms_path: Path
         The file's data sets cannot be read (a file cut short after its
         header); nothing is left behind.
     """
-    tmp = temporary_name(ms_path)
-    try:
-        ms_path.parent.mkdir(parents=True, exist_ok=True)
-        remove_path(tmp)
-        convert._check_free_space(uvd, ms_path)
+
+    def write(tmp: Path) -> dict[str, float]:
         _write_ms(uvd, data, plan, src, tmp)
-        check = _check_written_ms(tmp, uvd, final=ms_path)
-        replace_directory(tmp, ms_path)
-        return check
-    except (OSError, RuntimeError) as e:
-        remove_path(tmp)
-        if is_disk_error(e):
-            raise TransientError(
-                f"writing {ms_path} failed ({convert._first_line(e)}); free space or fix permissions "
-                f"in {ms_path.parent}, the conversion is retried"
-            ) from e
-        raise
-    except BaseException:
-        remove_path(tmp)
-        raise
+        return _check_written_ms(tmp, uvd, final=ms_path)
+
+    return convert.atomic_ms(uvd, ms_path, write)
 
 
 class _InvalidSampleCounts(Exception):
