@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/block.py [--data /tmp/contimg-bench-block] [--out DIR] [--configs 1w,2w]
                                     [--baseline] [--repeat 1] [--backend tclean|wsclean]
+                                    [--imaging KEY=VALUE ...]
 
 Data: two consecutive ``full``-preset blocks (16 subbands each, 117 stations,
 48 channels, 24 integrations; ~6.9 GB a block) simulated once into ``--data``
@@ -31,7 +32,8 @@ the photometry against the truth.
 
 Imaging backend (``--backend``, default the configuration's): ``tclean``
 concatenates the 16 subband MSs and images the block MS; ``wsclean`` images
-the 16 subband MSs directly (no concat stage).
+the 16 subband MSs directly (no concat stage). ``--imaging KEY=VALUE``
+(repeatable) sets any other ``[imaging]`` key, e.g. ``wsclean_mgain=0.9``.
 
 Baseline in the same run (``--baseline``): the block's per-subband stages with
 the plain pyuvdata converter (``pipeline.converter = "pyuvdata"``) in ``2w``.
@@ -88,9 +90,10 @@ def simulate_blocks(data: Path) -> dict:
 # --------------------------------------------------------------------------- one run on a local cluster
 
 
-def make_config(out: Path, data: Path, nodes: str, backend: str | None = None, **pipeline):
+def make_config(out: Path, data: Path, nodes: str, backend: str | None = None, imaging: list[str] | None = None,
+                **pipeline):
     """Default configuration with roots under ``out``; ``nodes`` 1w (one node, 16 subbands) or 2w (default map);
-    ``backend`` the imaging backend (default: the configuration's)."""
+    ``backend`` the imaging backend (default: the configuration's); ``imaging`` more ``KEY=VALUE`` settings."""
     from contimg import config
 
     env = {
@@ -102,6 +105,9 @@ def make_config(out: Path, data: Path, nodes: str, backend: str | None = None, *
     env.update({f"CONTIMG_PIPELINE__{k.upper()}": str(v) for k, v in pipeline.items()})
     if backend:
         env["CONTIMG_IMAGING__BACKEND"] = backend
+    for item in imaging or []:
+        key, _, value = item.partition("=")
+        env[f"CONTIMG_IMAGING__{key.strip().upper()}"] = value.strip()
     cfg = config.load(path=None, env=env)
     if nodes == "1w":
         cfg.nodes = {"node1": config.NodeConfig(name="node1", subbands=list(range(16)), imaging=True)}
@@ -301,6 +307,8 @@ def main() -> None:
     ap.add_argument("--simulate-only", action="store_true")
     ap.add_argument("--backend", choices=("tclean", "wsclean"), default=None,
                     help="imaging backend (default: the configuration's)")
+    ap.add_argument("--imaging", action="append", default=[], metavar="KEY=VALUE",
+                    help="another [imaging] setting, e.g. wsclean_mgain=0.9 (repeatable)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     from contimg import blocks, validation
@@ -317,14 +325,16 @@ def main() -> None:
     print(f"# {describe_data(args.data, target)}")
     print(f"# {os.cpu_count()} CPUs; load average at start {os.getloadavg()}", flush=True)
     configs = args.configs.split(",")
-    have_cal = calibrated_subbands(make_config(args.out, args.data, configs[0], args.backend), cal_block.block_id)
+    have_cal = calibrated_subbands(make_config(args.out, args.data, configs[0], args.backend, args.imaging),
+                                   cal_block.block_id)
     if len(have_cal) < 16:
         shutil.rmtree(args.out, ignore_errors=True)
     else:
         print(f"# reusing the caltables of calibrator block {cal_block.block_id} in {args.out}")
     results = {}
     for i, name in enumerate(configs):
-        cfg = make_config(args.out, args.data, name, args.backend)
+        cfg = make_config(args.out, args.data, name, args.backend, args.imaging)
+        print(f"# {name}: imaging backend {cfg.imaging.backend}, settings {args.imaging or 'default'}", flush=True)
         if i == 0 and len(have_cal) < 16:
             rec = run_block(cfg, args.out / f"cluster-{name}-cal", cal_block, args.data)
             phot = forced_photometry(rec, truth) if rec["state"] == "done" else None
