@@ -162,13 +162,13 @@ class ImagingConfig:
     pb_limit: float = 0.2
     """Primary-beam level that the image covers and below which it is masked."""
     weighting: str = "briggs"
-    """tclean weighting: natural, uniform or briggs."""
+    """Weighting (both backends): natural, uniform or briggs."""
     robust: float = 0.0
     """Briggs robust parameter."""
     gridder: str = "standard"
-    """tclean gridder (standard or wproject)."""
+    """tclean gridder (standard or wproject); WSClean always uses its wgridder."""
     deconvolver: str = "hogbom"
-    """tclean deconvolver."""
+    """tclean deconvolver; WSClean uses its own clean."""
     primary_beam: str = "drift"
     """``drift``: the Airy beam averaged over the block's drift (transit dishes); ``tracking``: centred on the phase centre."""
     max_bandwidth_smearing: float = 0.01
