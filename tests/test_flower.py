@@ -64,7 +64,7 @@ def test_flower_api_during_a_night(tmp_path):
     from contimg.submission import select_night, submit_selection
 
     ids = write_night(tmp_path / "data" / DATE, DATE, 6)
-    cfg = make_config(tmp_path, tmp_path / "data", stage_set="noop", noop_seconds=1.0, dispatch__node_check_s=0)
+    cfg = make_config(tmp_path, tmp_path / "data", stage_set="noop", noop_seconds=0.5, dispatch__node_check_s=0)
     port, auth = free_port(), "ops:s3cret"
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CONTIMG_")}

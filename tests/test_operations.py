@@ -10,6 +10,11 @@ What these check
 - `--remap sb12=node1` sends subband 12 to node1's queue and scratch;
 - `resubmit --failed --run ID` queues only the failed blocks, as a new run;
 - `submit lst` selects blocks by the LST of their mid-time.
+
+The cluster runs the no-op stage set (``pipeline.stage_set = "noop"``): these are
+orchestration semantics, and everything but the science (routing, remap, scratch paths,
+leases, the database, the minimum of subbands) is the same; tests/test_night.py runs
+the science of whole nights on a cluster.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ def night(tmp_path_factory):
 def cluster(night):
     from contimg.cluster import LocalCluster
 
-    cfg = make_config(night, night / "data")
+    cfg = make_config(night, night / "data", stage_set="noop", noop_seconds=0.05)
     with LocalCluster(cfg, night / "cluster") as cl:
         yield cl
 
