@@ -230,12 +230,14 @@ def test_image_block_finds_the_source(sidereal_ms, tmp_path, backend):
     sep = math.radians(_separation_arcsec(result.peak_ra_deg, result.peak_dec_deg, *center) / 3600)
     assert pb[iy, ix] == pytest.approx(telescope.airy_power_beam(np.array([sep]), result.reffreq_hz)[0], abs=0.01)
 
-    # A second run gives the same products.
+    # A second run gives the same products. WSClean's threaded gridding adds in a
+    # different order each run: pixels differ by up to ~4e-6 of the peak (1.7e-5 Jy seen).
     first = {k: fits.getdata(products.fits(k)) for k in imaging.FITS_KINDS}
     again = imaging.image_block(ms, products, settings, block_id=BLOCK_ID, extra_header={"NSUBBAND": 1})
     assert again.peak_jy == pytest.approx(result.peak_jy, rel=1e-5)
+    atol = 1e-6 if backend == "tclean" else 2e-5 * result.peak_jy
     for kind in imaging.FITS_KINDS:
-        np.testing.assert_allclose(fits.getdata(products.fits(kind)), first[kind], rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(fits.getdata(products.fits(kind)), first[kind], rtol=1e-5, atol=atol)
 
 
 @pytest.mark.slow
