@@ -173,8 +173,8 @@ class ImagingConfig:
     """``drift``: the Airy beam averaged over the block's drift (transit dishes); ``tracking``: centred on the phase centre."""
     max_bandwidth_smearing: float = 0.01
     """Channels are averaged before imaging only while the peak loss of the longest baseline at the image edge stays below this."""
-    wsclean_mgain: float = 0.8
-    """WSClean major-cycle gain: each minor cycle cleans this fraction of the peak residual before the next major cycle."""
+    wsclean_mgain: float = 0.9
+    """WSClean major-cycle gain: each minor cycle cleans this fraction of the peak residual before the next major cycle (0.9: one major cycle fewer than 0.8 on a full block, same photometry; docs/imaging.md)."""
 
 
 IMAGING_BACKENDS = ("tclean", "wsclean")
