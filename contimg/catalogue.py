@@ -35,6 +35,7 @@ import numpy as np
 from . import database as db
 from .config import SurveyConfig
 from .errors import PermanentError
+from .fitsimage import read_plane
 from .products import MosaicProducts, parse_mosaic_fits
 from .sourcefind import AT_EDGE, LARGE_ISLAND, MOMENTS, MULTIPLE, FinderSettings
 
@@ -169,17 +170,10 @@ def noise_map_factor(image_fits: str | Path, noise_fits: str | Path) -> float:
 
     Sources occupy a small fraction of the pixels, so the median statistics see the noise.
     """
-    from astropy.io import fits
-
-    planes = []
-    for path in (image_fits, noise_fits):
-        with fits.open(path, memmap=False) as hdul:
-            data = np.asarray(hdul[0].data, dtype=np.float64)
-        while data.ndim > 2:
-            data = data[0]
-        planes.append(data)
+    _, image = read_plane(image_fits, todo="make the mosaic first")
+    _, noise = read_plane(noise_fits, todo="make the mosaic first")
     with np.errstate(invalid="ignore", divide="ignore"):
-        snr = planes[0] / planes[1]
+        snr = image / noise
     snr = snr[np.isfinite(snr)]
     if snr.size < 100:
         return 1.0
@@ -188,20 +182,12 @@ def noise_map_factor(image_fits: str | Path, noise_fits: str | Path) -> float:
 
 def _find_with_factor(image_fits, noise_fits, finder: FinderSettings, k: float):
     """:func:`contimg.sourcefind.find_sources` with the noise map times ``k``."""
-    from astropy.io import fits
     from astropy.wcs import WCS
 
     from .sourcefind import find_sources
 
-    planes = []
-    for path in (image_fits, noise_fits):
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            data = np.asarray(hdul[0].data, dtype=np.float64)
-        while data.ndim > 2:
-            data = data[0]
-        planes.append((header, data))
-    (h, image), (_, noise) = planes
+    h, image = read_plane(image_fits, todo="make the mosaic first")
+    _, noise = read_plane(noise_fits, todo="make the mosaic first")
     table = find_sources(image, WCS(h).celestial, (h["BMAJ"], h["BMIN"], h["BPA"]), noise * k, finder)
     table.meta.update(image=str(image_fits), noise_map=f"{noise_fits} x {k:.3f} (measured scatter of image/noise)")
     return table

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PermanentError
+from .fitsimage import read_plane
 
 MAD_TO_SIGMA = 1.4826
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -121,20 +122,11 @@ def read_block_image(image_fits: str | Path, pb_fits: str | Path) -> BlockImage:
     PermanentError
         A missing file, no restoring beam, or pb pixels that differ; names the file.
     """
-    from astropy.io import fits
     from astropy.wcs import WCS
 
-    planes = []
-    for path in (Path(image_fits), Path(pb_fits)):
-        if not path.is_file():
-            raise PermanentError(f"{path} does not exist; forced photometry needs the block's image and pb products")
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            data = np.asarray(hdul[0].data, dtype=np.float64)
-        while data.ndim > 2:
-            data = data[0]
-        planes.append((header, data))
-    (h, image), (_, pb) = planes
+    todo = "forced photometry needs the block's image and pb products; image that block (again)"
+    h, image = read_plane(image_fits, todo=todo)
+    _, pb = read_plane(pb_fits, todo=todo)
     if pb.shape != image.shape:
         raise PermanentError(f"{pb_fits}: shape {pb.shape} differs from {Path(image_fits).name}'s {image.shape}")
     for key in ("BMAJ", "BMIN", "BPA"):

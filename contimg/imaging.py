@@ -56,6 +56,7 @@ import numpy as np
 from . import casa_env, primary_beam, telescope
 from .config import ImagingConfig
 from .errors import PermanentError, TransientError
+from .fitsimage import sky_plane
 from .products import BlockProducts, is_disk_error, remove_path, replace_directory, temporary_name
 
 log = logging.getLogger(__name__)
@@ -687,7 +688,7 @@ def write_primary_beam_products(
     with fits.open(fits_paths["image"]) as hdul:
         header = hdul[0].header.copy()
         data = np.asarray(hdul[0].data, dtype=np.float32)
-    plane = _sky_plane(data)
+    plane = sky_plane(data)
     pb = primary_beam.beam_on_image(
         WCS(header).celestial, plane.shape, inputs, drift=settings.primary_beam == "drift"
     )
@@ -761,9 +762,9 @@ def measure_image(image_fits: Path, pbcor_fits: Path) -> dict:
     with fits.open(image_fits) as hdul:
         h = hdul[0].header
         data = np.asarray(hdul[0].data, dtype=np.float64)
-    plane = _sky_plane(data)
+    plane = sky_plane(data)
     with fits.open(pbcor_fits) as hdul:
-        pbcor = _sky_plane(np.asarray(hdul[0].data, dtype=np.float64))
+        pbcor = sky_plane(np.asarray(hdul[0].data, dtype=np.float64))
 
     finite = np.isfinite(plane)
     if not finite.any():
@@ -795,8 +796,3 @@ def measure_image(image_fits: Path, pbcor_fits: Path) -> dict:
     )
 
 
-def _sky_plane(data: np.ndarray) -> np.ndarray:
-    """The (dec, ra) plane of a (stokes, freq, dec, ra) cube with single planes."""
-    while data.ndim > 2:
-        data = data[0]
-    return data

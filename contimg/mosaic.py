@@ -58,6 +58,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PermanentError
+from .fitsimage import read_plane
 from .products import BlockProducts, MosaicProducts, remove_path, temporary_name
 
 log = logging.getLogger(__name__)
@@ -246,8 +247,9 @@ def read_block(image_fits: str | os.PathLike, pb_fits: str | os.PathLike, *, blo
     from astropy.wcs import WCS
 
     image_fits, pb_fits = Path(image_fits), Path(pb_fits)
-    header, image = _read_plane(image_fits)
-    pb_header, pb = _read_plane(pb_fits)
+    todo = "image that block (again) or leave it out of the mosaic"
+    header, image = read_plane(image_fits, todo=todo, dtype=np.float32)
+    pb_header, pb = read_plane(pb_fits, todo=todo, dtype=np.float32)
     if pb.shape != image.shape:
         raise PermanentError(f"{pb_fits}: primary beam shape {pb.shape} differs from {image_fits.name}'s {image.shape}")
     for key in ("BMAJ", "BMIN", "BPA", "DATE-OBS"):
@@ -278,24 +280,6 @@ def read_block(image_fits: str | os.PathLike, pb_fits: str | os.PathLike, *, blo
 def read_block_products(products: BlockProducts, *, sigma_jy: float | None = None) -> BlockImage:
     """:func:`read_block` of a block's ``image`` and ``pb`` products."""
     return read_block(products.fits("image"), products.fits("pb"), block_id=products.block_id, sigma_jy=sigma_jy)
-
-
-def _read_plane(path: Path):
-    from astropy.io import fits
-
-    if not path.is_file():
-        raise PermanentError(f"{path} does not exist; image that block first or leave it out of the mosaic")
-    try:
-        with fits.open(path, memmap=False) as hdul:
-            header = hdul[0].header.copy()
-            data = hdul[0].data
-    except (OSError, ValueError, TypeError) as e:
-        raise PermanentError(f"{path} is not a readable FITS image ({e}); image that block again") from None
-    if data is None or data.ndim < 2:
-        raise PermanentError(f"{path} holds no image; image that block again")
-    while data.ndim > 2:
-        data = data[0]
-    return header, np.asarray(data, dtype=np.float32)
 
 
 def _reference_frequency(header) -> float | None:

@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import PermanentError
+from .fitsimage import read_plane
 from .products import CATALOGUE_FORMATS, MosaicProducts, remove_path, temporary_name
 
 FWHM_TO_SIGMA = 1.0 / (2.0 * math.sqrt(2.0 * math.log(2.0)))
@@ -168,13 +169,13 @@ def find_sources_fits(image_fits: str | os.PathLike, noise_fits: str | os.PathLi
     """:func:`find_sources` on a FITS image (with BMAJ/BMIN/BPA) and its noise-map FITS."""
     from astropy.wcs import WCS
 
-    header, image = _read_plane(Path(image_fits))
+    header, image = read_plane(image_fits, todo="make the mosaic first")
     for key in ("BMAJ", "BMIN", "BPA"):
         if key not in header:
             raise PermanentError(f"{image_fits}: no {key} in the header; the finder needs the restoring beam")
     noise = None
     if noise_fits is not None:
-        _, noise = _read_plane(Path(noise_fits))
+        _, noise = read_plane(noise_fits, todo="make the mosaic first")
         if noise.shape != image.shape:
             raise PermanentError(f"{noise_fits}: noise map shape {noise.shape} differs from the image's {image.shape}")
     table = find_sources(image, WCS(header).celestial, (header["BMAJ"], header["BMIN"], header["BPA"]), noise,
@@ -185,19 +186,6 @@ def find_sources_fits(image_fits: str | os.PathLike, noise_fits: str | os.PathLi
         if key in header:
             table.meta[key] = header[key]
     return table
-
-
-def _read_plane(path: Path):
-    from astropy.io import fits
-
-    if not path.is_file():
-        raise PermanentError(f"{path} does not exist; make the mosaic first")
-    with fits.open(path, memmap=False) as hdul:
-        header = hdul[0].header.copy()
-        data = np.asarray(hdul[0].data, dtype=np.float64)
-    while data.ndim > 2:
-        data = data[0]
-    return header, data
 
 
 def write_catalogue(table, path: str | os.PathLike, fmt: str) -> Path:
