@@ -6,9 +6,9 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast test-long redis wsclean clean
+.PHONY: setup demo test test-fast test-long redis wsclean aoflagger clean
 
-setup: $(VENV)/.installed redis wsclean
+setup: $(VENV)/.installed redis wsclean aoflagger
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ wsclean:
 	@command -v wsclean >/dev/null 2>&1 || { \
 	  echo "installing wsclean with apt"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wsclean >/dev/null; }
+
+# aoflagger (flagging.strategy = "aoflagger", the default) from Debian's packages when it is missing
+aoflagger:
+	@command -v aoflagger >/dev/null 2>&1 || { \
+	  echo "installing aoflagger with apt"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq aoflagger >/dev/null; }
 
 demo: setup
 	$(VENV)/bin/contimg demo --dir demo

@@ -180,7 +180,7 @@ class ImagingConfig:
 IMAGING_BACKENDS = ("tclean", "wsclean")
 STAGE_SETS = ("science", "noop")
 CONVERTERS = ("fast", "pyuvdata")
-FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag")
+FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag", "aoflagger")
 WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
 
 
@@ -188,8 +188,8 @@ WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
 class FlaggingConfig:
     """Flagging in the per-subband step (see docs/calibration.md)."""
 
-    strategy: str = "tfcrop+rflag"
-    """RFI flagging with casatasks.flagdata: none, tfcrop, rflag or tfcrop+rflag."""
+    strategy: str = "aoflagger"
+    """RFI flagging: none; casatasks.flagdata's tfcrop, rflag or tfcrop+rflag; or aoflagger (Debian's AOFlagger with contimg's strategy)."""
     bad_antennas: list[str] = field(default_factory=list)
     """Antennas known bad: ``"DSA-003"`` (every night) or ``"2025-10-05:DSA-003"`` (that UTC date only)."""
     auto_outlier_factor: float = 3.0
@@ -202,6 +202,10 @@ class FlaggingConfig:
     """rflag: threshold on the local time r.m.s., in units of its median."""
     rflag_freqdevscale: float = 5.0
     """rflag: threshold on the spectral r.m.s., in units of its median."""
+    aoflagger_strategy: str = ""
+    """strategy = "aoflagger": a Lua strategy file; empty: contimg/resources/aoflagger-dsa110.lua."""
+    aoflagger_threads: int = 0
+    """strategy = "aoflagger": its -j; 0: the cores this process may run on."""
     use_autocorrelations: bool = True
     """Find dead and noisy antennas from their autocorrelations; false for data whose autocorrelations are missing or untrustworthy (the ATA test file)."""
 
@@ -400,6 +404,8 @@ class Config:
 
 RUN_SECTIONS = ("pipeline", "imaging", "flagging", "calibration", "survey")
 """Sections a single run may change (``contimg rerun --config``); the others are the site's."""
+SITE_KEYS = ("flagging.aoflagger_strategy",)
+"""Keys of those sections that stay the site's: a program file the nodes run (a run's messages never name one)."""
 
 
 def run_overlay(base: Config, path: str | os.PathLike) -> tuple[Config, dict[str, Any]]:
@@ -434,6 +440,9 @@ def run_overlay(base: Config, path: str | os.PathLike) -> tuple[Config, dict[str
             a, b = getattr(getattr(base, sec), key), getattr(getattr(new, sec), key)
             if _jsonable(a) == _jsonable(b):
                 continue
+            if f"{sec}.{key}" in SITE_KEYS:
+                raise ConfigError(f"{sec}.{key}: cannot change for one run (in {file}): it names a program file "
+                                  "the nodes run; edit the site configuration instead")
             if sec not in RUN_SECTIONS:
                 raise ConfigError(f"{sec}.{key}: cannot change for one run (only [{'], ['.join(RUN_SECTIONS)}] "
                                   f"can, in {file}); edit the site configuration instead")
@@ -452,6 +461,8 @@ def with_overrides(cfg: Config, overrides: dict[str, Any] | None) -> Config:
         sec, key = dotted.split(".", 1)
         if sec not in RUN_SECTIONS:
             raise ConfigError(f"{dotted}: a run may not change [{sec}]")
+        if dotted in SITE_KEYS:
+            raise ConfigError(f"{dotted}: a run may not change it (the site's configuration names the file)")
         _set_field(new, sec, key, value, "run", Path.cwd())
     validate(new)
     return new
@@ -771,6 +782,11 @@ def validate(cfg: Config) -> None:
     fl = cfg.flagging
     if fl.strategy not in FLAGGING_STRATEGIES:
         raise ConfigError(f"flagging.strategy: {fl.strategy!r} is not one of {', '.join(FLAGGING_STRATEGIES)}")
+    if fl.aoflagger_strategy and not Path(fl.aoflagger_strategy).expanduser().is_file():
+        raise ConfigError(f"flagging.aoflagger_strategy: {fl.aoflagger_strategy} is not a file; give the path of a "
+                          "Lua strategy, or leave it empty for contimg's own")
+    if fl.aoflagger_threads < 0:
+        raise ConfigError("flagging.aoflagger_threads: must be >= 0 (0: every core this process may use)")
     if fl.auto_outlier_factor <= 1:
         raise ConfigError("flagging.auto_outlier_factor: must be > 1 (a ratio to the array median)")
     for entry in fl.bad_antennas:

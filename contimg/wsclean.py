@@ -43,6 +43,7 @@ from pathlib import Path
 
 from . import imaging, primary_beam
 from .config import ImagingConfig
+from .external import available_cores
 from .errors import ContimgError, PermanentError, TransientError
 from .products import BlockProducts, is_disk_error, remove_path, temporary_name
 
@@ -56,14 +57,6 @@ _ITERATIONS_RE = re.compile(r"Performed (\d+) iterations in total")
 _STOP_RE = re.compile(r"^\s*(Stopped on peak.*)$", re.MULTILINE)
 MASKED_CLEAN_SIGMA = 1.0
 """Inside the auto-mask, clean down to this many times the noise (re-measured each major cycle)."""
-
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def wsclean_command(
