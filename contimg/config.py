@@ -173,6 +173,8 @@ class ImagingConfig:
     """``drift``: the Airy beam averaged over the block's drift (transit dishes); ``tracking``: centred on the phase centre."""
     max_bandwidth_smearing: float = 0.01
     """Channels are averaged before imaging only while the peak loss of the longest baseline at the image edge stays below this."""
+    max_time_smearing: float = 0.01
+    """WSClean: baseline-dependent time averaging, only as far as the extra peak loss at the image edge stays below this (0: none; docs/imaging.md)."""
     wsclean_mgain: float = 0.9
     """WSClean major-cycle gain: each minor cycle cleans this fraction of the peak residual before the next major cycle (0.9: one major cycle fewer than 0.8 on a full block, same photometry; docs/imaging.md)."""
 
@@ -807,6 +809,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError("imaging.wsclean_mgain: must be in (0, 1] (a fraction of the peak residual)")
     if im.primary_beam not in ("drift", "tracking"):
         raise ConfigError(f"imaging.primary_beam: {im.primary_beam!r} is not drift or tracking")
+    if not 0 <= im.max_time_smearing < 0.5:
+        raise ConfigError("imaging.max_time_smearing: must be >= 0 and < 0.5 (a fractional peak loss)")
     if not 0 <= im.max_bandwidth_smearing < 0.5:
         raise ConfigError("imaging.max_bandwidth_smearing: must be >= 0 and < 0.5 (a fractional peak loss)")
     validate_survey(cfg.survey)

@@ -371,6 +371,37 @@ def bandwidth_smearing_loss(b_max_m: float, radius_rad: float, chan_width_hz: fl
     return float(1.0 - np.sinc(b_max_m * radius_rad * chan_width_hz / telescope.C_M_S))
 
 
+def time_smearing_loss(track_wavelengths: float, radius_rad: float) -> float:
+    """Peak loss of a visibility averaged along ``track_wavelengths`` of its uv track, ``radius_rad`` out.
+
+    The fringe of a source at radius r turns by up to 2 pi L r across an
+    averaged sample whose (u, v) moves L wavelengths: sinc(L r) at worst, for a
+    source offset along the motion.
+    """
+    return float(1.0 - np.sinc(track_wavelengths * radius_rad))
+
+
+def baseline_averaging_wavelengths(radius_rad: float, max_loss: float) -> float:
+    """WSClean's ``-baseline-averaging`` size: the longest uv track (wavelengths) one averaged sample may span.
+
+    The largest L with :func:`time_smearing_loss` (L, ``radius_rad``) <=
+    ``max_loss``: a source at the image edge loses at most ``max_loss`` of its
+    peak to the averaging, on top of the smearing of the native integrations
+    (a baseline whose one integration already spans L is not averaged). 0 (no
+    averaging) when ``max_loss`` is 0.
+    """
+    if max_loss <= 0 or radius_rad <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0  # 1 - sinc(x) rises from 0 to 1 on [0, 1]
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if 1.0 - np.sinc(mid) <= max_loss:
+            lo = mid
+        else:
+            hi = mid
+    return lo / radius_rad
+
+
 def channel_average_width(summary: MsSummary, radius_rad: float, max_loss: float) -> int:
     """Largest divisor w of the channels per window with smearing loss(w x width) <= ``max_loss``.
 

@@ -62,6 +62,7 @@ MASKED_CLEAN_SIGMA = 1.0
 def wsclean_command(
     ms_paths: list[Path], name: Path, settings: ImagingConfig, *, cell_arcsec: float, imsize: int,
     data_column: str, temp_dir: Path, threads: int, executable: str = EXECUTABLE,
+    baseline_averaging: float = 0.0,
 ) -> list[str]:
     """The WSClean argument list of a block image (deterministic; no WSClean needed).
 
@@ -81,6 +82,8 @@ def wsclean_command(
         Where WSClean writes its reordered data (private to the run).
     threads : int
         ``-j``: the cores to grid and clean on.
+    baseline_averaging : float
+        ``-baseline-averaging`` in wavelengths (:func:`imaging.baseline_averaging_wavelengths`); 0: none.
     """
     cmd = [
         executable,
@@ -99,6 +102,8 @@ def wsclean_command(
         "-niter", str(settings.niter),
         "-mgain", f"{settings.wsclean_mgain}",
     ]
+    if baseline_averaging > 0:
+        cmd += ["-baseline-averaging", f"{baseline_averaging:.4g}"]
     if settings.threshold_jy > 0:
         cmd += ["-threshold", f"{settings.threshold_jy}"]
     else:
@@ -228,12 +233,15 @@ def image_block(
         beam_inputs = primary_beam.read_block_beam_inputs(paths)
         seconds["vp"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()
+        bda = imaging.baseline_averaging_wavelengths(imaging.image_edge_radius_rad(cell, imsize),
+                                                     settings.max_time_smearing)
         cmd = wsclean_command(
             paths, workdir / block_id, settings, cell_arcsec=cell, imsize=imsize,
             data_column="CORRECTED_DATA" if summary.has_corrected else "DATA", temp_dir=workdir,
-            threads=available_cores(), executable=exe,
+            threads=available_cores(), executable=exe, baseline_averaging=bda,
         )
-        log.info("block %s: wsclean cell %.3g arcsec, imsize %d, %d MSs", block_id, cell, imsize, len(paths))
+        log.info("block %s: wsclean cell %.3g arcsec, imsize %d, %d MSs, baseline averaging %.3g wavelengths",
+                 block_id, cell, imsize, len(paths), bda)
         output = run(cmd, log_path, block_id=block_id)
         seconds["wsclean"] = round(time.perf_counter() - t, 3)
         t = time.perf_counter()

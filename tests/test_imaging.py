@@ -114,6 +114,19 @@ def test_wsclean_command_follows_settings():
     assert "-auto-mask" not in natural
 
 
+def test_baseline_averaging_keeps_the_edge_loss_at_the_limit():
+    edge = imaging.image_edge_radius_rad(3.1, 4096)  # the full block's image: 1.76 deg
+    size = imaging.baseline_averaging_wavelengths(edge, 0.01)
+    assert imaging.time_smearing_loss(size, edge) == pytest.approx(0.01, rel=1e-6)
+    assert size == pytest.approx(2.537, rel=1e-3)  # wavelengths of uv track per averaged sample
+    assert imaging.baseline_averaging_wavelengths(edge, 0.0) == 0.0
+    assert imaging.baseline_averaging_wavelengths(edge / 2, 0.01) == pytest.approx(2 * size)
+    kw = dict(cell_arcsec=3.1, imsize=4096, data_column="DATA", temp_dir=Path("/t"), threads=1)
+    cmd = wsclean.wsclean_command([Path("/s/a.ms")], Path("/t/b"), ImagingConfig(), baseline_averaging=size, **kw)
+    assert cmd[cmd.index("-baseline-averaging") + 1] == "2.537"
+    assert "-baseline-averaging" not in wsclean.wsclean_command([Path("/s/a.ms")], Path("/t/b"), ImagingConfig(), **kw)
+
+
 def test_wsclean_failures_become_pipeline_errors(tmp_path):
     log = tmp_path / "b.wsclean.log"
     full = wsclean.failure(255, "Reordering...\nError writing: No space left on device\n", block_id="B", log_path=log)
@@ -181,6 +194,22 @@ def block_subbands(tmp_path_factory):
         synth.write_raw(uvd, raw)
         out.append(convert.convert_subband(raw, d / f"sb{sb:02d}.ms", block_mid_jd=mid).ms_path)
     return [Path(p) for p in out], source
+
+
+@pytest.fixture(scope="module")
+def edge_source_ms(tmp_path_factory):
+    """One drift-scan subband of a whole block (24 integrations), a 5 Jy source 0.6 deg north of the centre."""
+    d = tmp_path_factory.mktemp("edge")
+    times = _times(n=24)
+    mid = float(times.mean())
+    center = phasing.block_phase_center(mid, DEC)
+    source = synth.offset_position(*center, 0.0, math.radians(0.6))
+    uvd = synth.phased_uvdata(center=center, sources=[(*source, FLUX_JY)], freqs_hz=synth.subband_freqs(7),
+                              times_jd=times)
+    synth.to_dsa_driftscan(uvd, DEC)
+    raw = d / "sb07.hdf5"
+    synth.write_raw(uvd, raw)
+    return Path(convert.convert_subband(raw, d / "sb07.ms", block_mid_jd=mid).ms_path)
 
 
 def _separation_arcsec(ra1_deg, dec1_deg, ra2, dec2):
@@ -299,6 +328,27 @@ def test_wsclean_images_the_subband_mss_directly(block_subbands, tmp_path):
     a, b = noise.expected_image_rms(block_ms, **kw), noise.expected_image_rms(subbands, **kw)
     assert b.n_samples == a.n_samples and b.natural_rms_jy == pytest.approx(a.natural_rms_jy)
     assert b.weighting_factor == pytest.approx(a.weighting_factor, rel=1e-6)
+
+
+@pytest.mark.slow
+@needs_wsclean
+def test_wsclean_baseline_averaging_loses_what_the_rule_allows_at_the_edge(edge_source_ms, tmp_path):
+    """A noiseless source 0.6 deg north (the uv tracks move north-south), 0.67 deg edge: its peak with averaging."""
+    peaks = {}
+    for loss in (0.0, 0.01, 0.1):
+        settings = ImagingConfig(backend="wsclean", niter=200, wsclean_mgain=0.5, cell_arcsec=15.0, imsize=320,
+                                 threshold_jy=0.01, max_time_smearing=loss)
+        products = BlockProducts(tmp_path / f"p{loss}", BLOCK_ID)
+        result = wsclean.image_block([edge_source_ms], products, settings, block_id=BLOCK_ID)
+        peaks[loss] = result.peak_pbcor_jy
+        averaged = "Baseline averaging reduced the number of rows" in products.imaging_log("wsclean").read_text()
+        assert averaged == (loss > 0)
+    lost = {k: 1 - v / peaks[0.0] for k, v in peaks.items()}
+    print("peak loss against no averaging:", lost)
+    # At 0.9 of the edge radius the bound is a bit below the limit; 0.002 for the clean's own scatter.
+    assert lost[0.01] <= 0.01 + 0.002
+    assert lost[0.1] <= 0.1 + 0.002
+    assert lost[0.1] > lost[0.01] + 0.005  # the averaging is really on (and the rule is what limits it)
 
 
 @needs_wsclean
