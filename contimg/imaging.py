@@ -41,6 +41,7 @@ CASA is not thread-safe: call these functions from one thread per process.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -581,10 +582,7 @@ def image_block(
     cell, imsize = image_geometry(summary, settings)
     _check_free_space(products.directory, imsize, block_id)
     seconds: dict[str, float] = {}
-    workdir = tclean_workdir(products)
-    try:
-        remove_path(workdir)  # tclean would otherwise continue from stale images
-        workdir.mkdir()
+    with private_workdir(products) as workdir:  # tclean would otherwise continue from stale images
         datacolumn = "corrected" if summary.has_corrected else "data"
         width = channel_average_width(summary, image_edge_radius_rad(cell, imsize), settings.max_bandwidth_smearing)
         vis = ms
@@ -605,30 +603,10 @@ def image_block(
         log.info("block %s: tclean cell %.3g arcsec, imsize %d", block_id, cell, imsize)
         clean_summary = casa_env.casatasks().tclean(**params) or {}
         seconds["tclean"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        header = product_header(summary, settings)
-        header.update(extra_header or {})
-        fits_paths = export_products(workdir, products, settings.deconvolver, header)
-        seconds["export"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        write_primary_beam_products(fits_paths, products, beam_inputs, settings)
-        seconds["pb"] = round(time.perf_counter() - t, 3)
-    except (OSError, RuntimeError) as e:
-        if is_disk_error(e):
-            raise TransientError(
-                f"block {block_id}: writing images in {products.directory} failed ({e}); free space there"
-            ) from e
-        raise
-    finally:
-        remove_path(workdir)
-
-    t = time.perf_counter()
-    stats = measure_image(fits_paths["image"], fits_paths["image.pbcor"])
-    seconds["measure"] = round(time.perf_counter() - t, 3)
-    seconds["total"] = round(time.perf_counter() - t0, 3)
-    # One parseable line (bench/block.py reads it from the worker log): the
-    # products database keeps only the image step's total.
-    log.info("block %s: image steps %s", block_id, json.dumps(seconds))
+        fits_paths = finish_products(
+            lambda header: export_products(workdir, products, settings.deconvolver, header),
+            products, summary, settings, beam_inputs, extra_header, seconds)
+    stats = measure_products(fits_paths, block_id, seconds, t0)
     return ImageResult(
         block_id=block_id,
         ms_path=str(ms),
@@ -645,6 +623,57 @@ def image_block(
         ms_paths=[str(ms)],
         **stats,
     )
+
+
+@contextlib.contextmanager
+def private_workdir(products: BlockProducts):
+    """The imager's private working directory (``.{block_id}.partial/``), empty, removed afterwards (both backends).
+
+    A lack of space or permission inside becomes a :class:`TransientError`.
+    """
+    workdir = tclean_workdir(products)
+    try:
+        remove_path(workdir)
+        workdir.mkdir()
+        yield workdir
+    except (OSError, RuntimeError) as e:
+        if is_disk_error(e):
+            raise TransientError(
+                f"block {products.block_id}: writing images in {products.directory} failed ({e}); free space there"
+            ) from e
+        raise
+    finally:
+        remove_path(workdir)
+
+
+def finish_products(export, products: BlockProducts, summary: MsSummary, settings: ImagingConfig, beam_inputs,
+                    extra_header: dict | None, seconds: dict[str, float]) -> dict[str, Path]:
+    """Export the imager's outputs with complete headers, then write pb and image.pbcor (both backends).
+
+    ``export(header)`` moves the imager's image and residual into place as
+    FITS products and returns their paths by kind.
+    """
+    t = time.perf_counter()
+    header = product_header(summary, settings)
+    header.update(extra_header or {})
+    fits_paths = export(header)
+    seconds["export"] = round(time.perf_counter() - t, 3)
+    t = time.perf_counter()
+    write_primary_beam_products(fits_paths, products, beam_inputs, settings)
+    seconds["pb"] = round(time.perf_counter() - t, 3)
+    return fits_paths
+
+
+def measure_products(fits_paths: dict[str, Path], block_id: str, seconds: dict[str, float], t0: float) -> dict:
+    """Peak, rms and beam of the finished image (:func:`measure_image`); logs the step seconds."""
+    t = time.perf_counter()
+    stats = measure_image(fits_paths["image"], fits_paths["image.pbcor"])
+    seconds["measure"] = round(time.perf_counter() - t, 3)
+    seconds["total"] = round(time.perf_counter() - t0, 3)
+    # One parseable line (bench/block.py reads it from the worker log): the
+    # products database keeps only the image step's total.
+    log.info("block %s: image steps %s", block_id, json.dumps(seconds))
+    return stats
 
 
 def product_header(summary: MsSummary, settings: ImagingConfig) -> dict:

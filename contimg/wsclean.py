@@ -31,7 +31,6 @@ becomes :class:`TransientError` (disk full, out of memory) or
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -224,11 +223,8 @@ def image_block(
     cell, imsize = imaging.image_geometry(summary, settings)
     imaging._check_free_space(products.directory, imsize, block_id)
     seconds: dict[str, float] = {}
-    workdir = imaging.tclean_workdir(products)  # the same private .{block_id}.partial/ directory
     log_path = products.imaging_log("wsclean")
-    try:
-        remove_path(workdir)
-        workdir.mkdir()
+    with imaging.private_workdir(products) as workdir:  # the same private .{block_id}.partial/ directory
         t = time.perf_counter()
         beam_inputs = primary_beam.read_block_beam_inputs(paths)
         seconds["vp"] = round(time.perf_counter() - t, 3)
@@ -244,28 +240,10 @@ def image_block(
                  block_id, cell, imsize, len(paths), bda)
         output = run(cmd, log_path, block_id=block_id)
         seconds["wsclean"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        header = imaging.product_header(summary, settings)
-        header.update(extra_header or {})
-        fits_paths = export_products(workdir, products, header)
-        seconds["export"] = round(time.perf_counter() - t, 3)
-        t = time.perf_counter()
-        imaging.write_primary_beam_products(fits_paths, products, beam_inputs, settings)
-        seconds["pb"] = round(time.perf_counter() - t, 3)
-    except (OSError, RuntimeError) as e:
-        if is_disk_error(e):
-            raise TransientError(
-                f"block {block_id}: writing images in {products.directory} failed ({e}); free space there"
-            ) from e
-        raise
-    finally:
-        remove_path(workdir)
-
-    t = time.perf_counter()
-    stats = imaging.measure_image(fits_paths["image"], fits_paths["image.pbcor"])
-    seconds["measure"] = round(time.perf_counter() - t, 3)
-    seconds["total"] = round(time.perf_counter() - t0, 3)
-    log.info("block %s: image steps %s", block_id, json.dumps(seconds))
+        fits_paths = imaging.finish_products(
+            lambda header: export_products(workdir, products, header),
+            products, summary, settings, beam_inputs, extra_header, seconds)
+    stats = imaging.measure_products(fits_paths, block_id, seconds, t0)
     iterations, stop = clean_summary(output)
     return imaging.ImageResult(
         block_id=block_id,
