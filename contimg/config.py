@@ -182,7 +182,7 @@ class ImagingConfig:
 IMAGING_BACKENDS = ("tclean", "wsclean")
 STAGE_SETS = ("science", "noop")
 CONVERTERS = ("fast", "pyuvdata")
-FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag", "aoflagger")
+FLAGGING_STRATEGIES = ("none", "tfcrop", "rflag", "tfcrop+rflag", "aoflagger", "sumthreshold")
 WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
 
 
@@ -190,8 +190,8 @@ WITHOUT_CALIBRATION = ("wait", "uncalibrated", "fail")
 class FlaggingConfig:
     """Flagging in the per-subband step (see docs/calibration.md)."""
 
-    strategy: str = "aoflagger"
-    """RFI flagging: none; casatasks.flagdata's tfcrop, rflag or tfcrop+rflag; or aoflagger (Debian's AOFlagger with contimg's strategy)."""
+    strategy: str = "sumthreshold"
+    """RFI flagging: sumthreshold (contimg's own SumThreshold, in memory), aoflagger (Debian's AOFlagger with contimg's strategy), casatasks.flagdata's tfcrop, rflag or tfcrop+rflag, or none."""
     bad_antennas: list[str] = field(default_factory=list)
     """Antennas known bad: ``"DSA-003"`` (every night) or ``"2025-10-05:DSA-003"`` (that UTC date only)."""
     auto_outlier_factor: float = 3.0
@@ -206,8 +206,12 @@ class FlaggingConfig:
     """rflag: threshold on the spectral r.m.s., in units of its median."""
     aoflagger_strategy: str = ""
     """strategy = "aoflagger": a Lua strategy file; empty: contimg/resources/aoflagger-dsa110.lua."""
-    aoflagger_threads: int = 0
-    """strategy = "aoflagger": its -j; 0: the cores this process may run on."""
+    threads: int = 0
+    """Threads of the RFI step (AOFlagger's -j, the sumthreshold kernel); 0: the cores this process may run on."""
+    sumthreshold_threshold: float = 6.0
+    """strategy = "sumthreshold": the single-sample threshold of the last round, in robust sigma."""
+    sumthreshold_sir_eta: float = 0.2
+    """strategy = "sumthreshold": the SIR operator's eta (0: off)."""
     use_autocorrelations: bool = True
     """Find dead and noisy antennas from their autocorrelations; false for data whose autocorrelations are missing or untrustworthy (the ATA test file)."""
 
@@ -787,8 +791,8 @@ def validate(cfg: Config) -> None:
     if fl.aoflagger_strategy and not Path(fl.aoflagger_strategy).expanduser().is_file():
         raise ConfigError(f"flagging.aoflagger_strategy: {fl.aoflagger_strategy} is not a file; give the path of a "
                           "Lua strategy, or leave it empty for contimg's own")
-    if fl.aoflagger_threads < 0:
-        raise ConfigError("flagging.aoflagger_threads: must be >= 0 (0: every core this process may use)")
+    if fl.threads < 0:
+        raise ConfigError("flagging.threads: must be >= 0 (0: every core this process may use)")
     if fl.auto_outlier_factor <= 1:
         raise ConfigError("flagging.auto_outlier_factor: must be > 1 (a ratio to the array median)")
     for entry in fl.bad_antennas:

@@ -150,6 +150,7 @@ def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None =
         # python-casacore gives (n_row, n_chan, n_corr); .T is the (n_corr, n_chan, n_row) view used below.
         flag = tb.getcol("FLAG").T
         data = tb.getcol("DATA").T
+        times = tb.getcol("TIME") if settings.strategy == "sumthreshold" else None
         if date is None:
             date = _utc_date(tb.getcell("TIME", 0))
         cross = a1 != a2
@@ -195,6 +196,9 @@ def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None =
                 found.append(i)
         _flag_antennas(flag, a1, a2, found)
         steps["autocorrelations"] = _overall(flag, cross)
+        t_numpy = time.perf_counter()
+        if settings.strategy == "sumthreshold":  # 4. RFI, here, on the data in memory
+            _flag_rfi_in_memory(data, flag, a1, a2, times, settings)
         del data
         tb.putcol("FLAG", np.ascontiguousarray(flag.T))
         tb.flush()
@@ -205,19 +209,19 @@ def flag_subband(ms: str | Path, settings: FlaggingConfig, *, date: str | None =
     finally:
         if tb is not None:
             tb.close()  # before CASA's flagdata opens the MS
-    t_numpy = time.perf_counter()
 
-    # 4. RFI
-    _flag_rfi(ms, settings)
+    # 4. RFI (sumthreshold: done above)
+    if settings.strategy != "sumthreshold":
+        _flag_rfi(ms, settings)
+        extend = rfi_flagdata_call(settings) is not None  # AOFlagger writes all four correlations itself
+        with tables.table(str(ms), readonly=not extend, ack=False) as tb:
+            flag = tb.getcol("FLAG").T
+            if extend:
+                # RFI seen in one correlation spoils them all (and calibration solves
+                # per feed): extend the RFI flags across the correlations.
+                flag[:] = flag.any(axis=0, keepdims=True)
+                tb.putcol("FLAG", np.ascontiguousarray(flag.T))
     t_rfi = time.perf_counter()
-    extend = rfi_flagdata_call(settings) is not None  # AOFlagger writes all four correlations itself
-    with tables.table(str(ms), readonly=not extend, ack=False) as tb:
-        flag = tb.getcol("FLAG").T
-        if extend:
-            # RFI seen in one correlation spoils them all (and calibration solves
-            # per feed): extend the RFI flags across the correlations.
-            flag[:] = flag.any(axis=0, keepdims=True)
-            tb.putcol("FLAG", np.ascontiguousarray(flag.T))
     after = _fractions(flag, a1, a2, cross, names)
     steps["rfi"] = after[0]
     per_channel = flag[:, :, cross].mean(axis=(0, 2))
@@ -265,7 +269,7 @@ def rfi_commands(settings: FlaggingConfig) -> list[dict]:
         extendflags=False,
     )
     return {"none": [], "tfcrop": [tfcrop], "rflag": [rflag], "tfcrop+rflag": [tfcrop, rflag],
-            "aoflagger": []}[settings.strategy]
+            "aoflagger": [], "sumthreshold": []}[settings.strategy]
 
 
 def rfi_flagdata_call(settings: FlaggingConfig) -> dict | None:
@@ -301,10 +305,10 @@ def aoflagger_command(ms: Path, settings: FlaggingConfig, *, executable: str = A
     """AOFlagger's argument list for one subband MS (deterministic; AOFlagger is not needed to build it).
 
     DATA is flagged (flagging runs before calibration); the whole MS is read
-    into memory (a subband is a few hundred MB), with ``aoflagger_threads``
+    into memory (a subband is a few hundred MB), with ``threads``
     threads (0: the cores this process may use).
     """
-    threads = settings.aoflagger_threads or external.available_cores()
+    threads = settings.threads or external.available_cores()
     return [executable, "-column", "DATA", "-memory-read", "-j", str(threads),
             "-strategy", str(aoflagger_strategy(settings)), str(ms)]
 
@@ -342,6 +346,35 @@ def _flag_rfi(ms: Path, settings: FlaggingConfig) -> None:
         if is_disk_error(e):
             raise TransientError(f"flagdata on {ms} failed ({e}); free space or fix permissions, then retry") from e
         raise
+
+
+def _flag_rfi_in_memory(data: np.ndarray, flag: np.ndarray, a1: np.ndarray, a2: np.ndarray, times: np.ndarray,
+                        settings: FlaggingConfig) -> None:
+    """SumThreshold (:mod:`contimg.sumthreshold`) on the parallel hands' amplitudes; flags all four correlations.
+
+    ``data`` and ``flag`` are the (correlation, channel, row) views of the
+    subband; the cross-correlation rows are arranged into one (time, channel)
+    plane per baseline (a missing integration is a flagged sample).
+    """
+    from . import sumthreshold
+
+    cross = np.flatnonzero(a1 != a2)
+    if cross.size == 0:
+        return
+    baseline = a1[cross].astype(np.int64) * 100_000 + a2[cross]
+    _, b_index = np.unique(baseline, return_inverse=True)
+    _, t_index = np.unique(times[cross], return_inverse=True)
+    n_bl, n_t, n_chan = int(b_index.max()) + 1, int(t_index.max()) + 1, data.shape[1]
+    amp = np.zeros((2, n_bl, n_t, n_chan), dtype=np.float32)
+    known = np.ones((2, n_bl, n_t, n_chan), dtype=bool)
+    for k, pol in enumerate(PARALLEL_HANDS):
+        amp[k, b_index, t_index] = np.abs(data[pol][:, cross]).T
+        known[k, b_index, t_index] = flag[pol][:, cross].T
+    st = sumthreshold.SumThresholdSettings(threshold=settings.sumthreshold_threshold, sir_eta=settings.sumthreshold_sir_eta)
+    rfi = sumthreshold.detect(amp.reshape(2 * n_bl, n_t, n_chan), known.reshape(2 * n_bl, n_t, n_chan), st,
+                              threads=settings.threads or external.available_cores())
+    rfi = rfi.reshape(2, n_bl, n_t, n_chan).any(axis=0)  # RFI in either hand spoils all four correlations
+    flag[:, :, cross] |= rfi[b_index, t_index].T[None, :, :]
 
 
 def _antenna_names(ms: Path) -> list[str]:
