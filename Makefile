@@ -28,7 +28,7 @@ wsclean:
 	  echo "installing wsclean with apt"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq wsclean >/dev/null; }
 
-# aoflagger (flagging.strategy = "aoflagger", the default) from Debian's packages when it is missing
+# aoflagger (flagging.strategy = "aoflagger"; its tests) from Debian's packages when it is missing
 aoflagger:
 	@command -v aoflagger >/dev/null 2>&1 || { \
 	  echo "installing aoflagger with apt"; \

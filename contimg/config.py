@@ -791,6 +791,8 @@ def validate(cfg: Config) -> None:
     if fl.aoflagger_strategy and not Path(fl.aoflagger_strategy).expanduser().is_file():
         raise ConfigError(f"flagging.aoflagger_strategy: {fl.aoflagger_strategy} is not a file; give the path of a "
                           "Lua strategy, or leave it empty for contimg's own")
+    if fl.sumthreshold_threshold <= 0 or not 0 <= fl.sumthreshold_sir_eta < 1:
+        raise ConfigError("flagging.sumthreshold_threshold must be > 0 (sigma) and sumthreshold_sir_eta in [0, 1)")
     if fl.threads < 0:
         raise ConfigError("flagging.threads: must be >= 0 (0: every core this process may use)")
     if fl.auto_outlier_factor <= 1:
