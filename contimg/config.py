@@ -177,6 +177,8 @@ class ImagingConfig:
     """WSClean: baseline-dependent time averaging, only as far as the extra peak loss at the image edge stays below this (0: none; docs/imaging.md)."""
     wsclean_mgain: float = 0.9
     """WSClean major-cycle gain: each minor cycle cleans this fraction of the peak residual before the next major cycle (0.9: one major cycle fewer than 0.8 on a full block, same photometry; docs/imaging.md)."""
+    wgridder_accuracy: float = 1e-3
+    """WSClean: the wgridder's target relative accuracy (``-wgridder-accuracy``; WSClean's own default 1e-4). 1e-3 grids a full block 1.4x faster and moves its image by 0.1 of the noise (docs/imaging.md)."""
 
 
 IMAGING_BACKENDS = ("tclean", "wsclean")
@@ -813,6 +815,9 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"imaging.backend: {im.backend!r} is not one of {', '.join(IMAGING_BACKENDS)}")
     if not 0 < im.wsclean_mgain <= 1:
         raise ConfigError("imaging.wsclean_mgain: must be in (0, 1] (a fraction of the peak residual)")
+    if not 1e-6 <= im.wgridder_accuracy <= 1e-2:
+        raise ConfigError(f"imaging.wgridder_accuracy: {im.wgridder_accuracy} must be in [1e-6, 1e-2] "
+                          "(a relative error of the gridded image; WSClean's default is 1e-4)")
     if im.primary_beam not in ("drift", "tracking"):
         raise ConfigError(f"imaging.primary_beam: {im.primary_beam!r} is not drift or tracking")
     if not 0 <= im.max_time_smearing < 0.5:

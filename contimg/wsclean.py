@@ -8,7 +8,7 @@ these differences (see ``docs/imaging.md``):
   phase centre, like the inputs of :func:`imaging.concat_subbands`.
 - **Gridder**: the wgridder (``-use-wgridder``), which corrects the w-term
   (tclean's ``standard`` gridder ignores it) and grids on every core
-  (``-j`` = the cores this process may use).
+  (``-j`` = the cores this process may use), to ``wgridder_accuracy``.
 - **Channels**: every channel is gridded at its own frequency; nothing is
   averaged (``max_bandwidth_smearing`` does not apply).
 - **Cleaning**: WSClean's hogbom-like clean to ``niter`` iterations; with
@@ -72,7 +72,7 @@ def wsclean_command(
     name : Path
         Output prefix; WSClean writes ``{name}-image.fits``, ``{name}-residual.fits``...
     settings : ImagingConfig
-        weighting, robust, niter, threshold_jy / threshold_sigma, wsclean_mgain.
+        weighting, robust, niter, threshold_jy / threshold_sigma, wsclean_mgain, wgridder_accuracy.
     cell_arcsec, imsize : float, int
         Pixel size and image side.
     data_column : str
@@ -97,6 +97,7 @@ def wsclean_command(
         cmd.append(f"{settings.robust}")
     cmd += [
         "-use-wgridder",
+        "-wgridder-accuracy", f"{settings.wgridder_accuracy:g}",
         "-j", str(threads),
         "-niter", str(settings.niter),
         "-mgain", f"{settings.wsclean_mgain}",

@@ -62,6 +62,7 @@ scratch_root = "/nvme/b"
         ("[broker]\nvisibility_timeout_s = 10\ntask_time_limit_s = 20\n", "broker.visibility_timeout_s"),
         ("[imaging]\nweighting = 'robust'\n", "imaging.weighting"),
         ("[imaging]\nniter = 0\n", "imaging.niter"),
+        ("[imaging]\nwgridder_accuracy = 0.5\n", "imaging.wgridder_accuracy"),
         ("[nodes.a]\nsubbands = '0-15'\n[nodes.b]\nsubbands = [3]\n", "nodes.b.subbands"),
         ("[nodes.a]\nsubbands = '0-14'\nimaging = true\n", "nodes"),
         ("[nodes.a]\nsubbands = '0-15'\n", "nodes"),

@@ -105,6 +105,9 @@ def test_wsclean_command_follows_settings():
     assert "-threshold" not in cmd
     assert value("-data-column") == ["CORRECTED_DATA"] and value("-temp-dir") == ["/p/.b.partial"]
     assert "-use-wgridder" in cmd and "-no-update-model-required" in cmd
+    assert value("-wgridder-accuracy") == ["0.001"]
+    precise = wsclean.wsclean_command(mss, Path("/p/b"), ImagingConfig(backend="wsclean", wgridder_accuracy=1e-5), **kw)
+    assert precise[precise.index("-wgridder-accuracy") + 1] == "1e-05"
     natural = wsclean.wsclean_command(
         mss, Path("/p/b"), ImagingConfig(backend="wsclean", weighting="natural", threshold_jy=0.01), **kw
     )
