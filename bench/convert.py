@@ -19,6 +19,13 @@ both, peak RSS of each process against the file size, and last
 ``speedup=X.X``: warm fast against warm plain. Without ``--file`` one
 ``full``-preset subband is simulated into ``--out`` first.
 
+A fourth baseline bounds what any converter can reach: ``raw copy`` reads the
+file and writes its bytes to a new file through the page cache (16 MB at a time,
+no ``copy_file_range`` or reflink), ``--repeat`` times, best kept. A converter
+reads at least the data and writes at least as many bytes (DATA, FLAG, WEIGHT_SPECTRUM
+hold ~the file's size), so ``copy_ceiling`` = warm plain / raw copy is the largest
+speedup over plain that writing the data allows on this machine.
+
 ``--block`` also simulates one full block (16 subbands, ~7 GB) and converts
 all of it with the fast path in one process, printing the total seconds.
 """
@@ -98,6 +105,22 @@ def worker(method: str, uvh5: Path, ms: Path, repeat: int) -> None:
     steps = result.seconds if hasattr(result, "seconds") else None
     peak = peak_rss_bytes()
     print(json.dumps({"method": method, "seconds": seconds, "peak_rss_bytes": peak, "steps": steps}))
+
+
+def raw_copy_seconds(src: Path, dst: Path, repeat: int) -> list[float]:
+    """Seconds to read ``src`` and write its bytes to ``dst`` through the page cache, ``repeat`` times."""
+    buf = bytearray(16 << 20)
+    view = memoryview(buf)
+    out = []
+    for _ in range(repeat):
+        dst.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        with open(src, "rb", buffering=0) as fi, open(dst, "wb", buffering=0) as fo:
+            while n := fi.readinto(buf):
+                fo.write(view[:n])
+        out.append(time.perf_counter() - t0)
+    dst.unlink(missing_ok=True)
+    return out
 
 
 def peak_rss_bytes() -> int:
@@ -182,6 +205,11 @@ def main() -> None:
         print(f"{m:>8} {cold:7.2f} {warm:7.2f} {mb / warm:9.0f} {r['peak_rss_bytes'] / 1e6:11.0f} "
               f"{r['peak_rss_bytes'] / size['bytes']:8.2f}  {steps}")
     fast, plain = results["fast"]["seconds"], results["plain"]["seconds"]
+    copy = raw_copy_seconds(uvh5, out / "raw-copy.bin", args.repeat)
+    print(f"{'raw copy':>8} {copy[0]:7.2f} {min(copy[1:]):7.2f} {mb / min(copy[1:]):9.0f} {'-':>11} {'-':>8}  "
+          f"(read the file, write its bytes; every pass {', '.join(f'{c:.2f}' for c in copy)} s)")
+    print(f"copy_ceiling={min(plain[1:]) / min(copy[1:]):.1f} (warm plain / raw copy: the most any converter "
+          f"that writes the data can gain over plain here)")
     print(f"fast_peak_rss_over_file={results['fast']['peak_rss_bytes'] / size['bytes']:.2f}")
     print(f"cold_speedup={plain[0] / fast[0]:.1f} contimg_warm_speedup="
           f"{min(results['contimg']['seconds'][1:]) / min(fast[1:]):.1f}")
