@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import casa_env, telescope
+from . import casa_env, mstables, telescope
 
 N_POL_STOKES_I = 2
 MAX_CHANNELS_PER_SPW = 4
@@ -144,18 +144,9 @@ def _noise_samples(ms: Path) -> dict:
         a1, a2 = tb.getcol("ANTENNA1"), tb.getcol("ANTENNA2")
     finally:
         tb.close()
-    tb.open(str(Path(ms) / "DATA_DESCRIPTION"))
-    try:
-        spw_of_ddid = tb.getcol("SPECTRAL_WINDOW_ID")
-    finally:
-        tb.close()
-    tb.open(str(Path(ms) / "SPECTRAL_WINDOW"))
-    try:
-        chan_freq = [np.ravel(tb.getcell("CHAN_FREQ", i)) for i in range(tb.nrows())]
-        chan_width = float(np.median(np.abs(np.concatenate([np.ravel(tb.getcell("CHAN_WIDTH", i))
-                                                             for i in range(tb.nrows())]))))
-    finally:
-        tb.close()
+    spws = mstables.spectral_windows(ms)
+    spw_of_ddid, chan_freq = spws.spw_of_ddid, spws.chan_freq
+    chan_width = float(np.median(np.abs(np.concatenate(spws.chan_width))))
 
     good = ~flag[0] & ~flag[-1] & ok_row[None, :]  # XX and YY: both make Stokes I
     us, vs, ws = [], [], []

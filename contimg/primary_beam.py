@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import casa_env, phasing, telescope
+from . import casa_env, mstables, phasing, telescope
 
 COARSE_GRID = 129
 """Points per side at which the beam is evaluated before interpolation."""
@@ -67,16 +67,8 @@ def read_beam_inputs(ms: str | Path) -> BeamInputs:
         weight = tb.getcol("WEIGHT").mean(axis=0)  # per row, mean over polarizations
     finally:
         tb.close()
-    tb.open(str(Path(ms) / "DATA_DESCRIPTION"))
-    try:
-        spw_of_ddid = tb.getcol("SPECTRAL_WINDOW_ID")
-    finally:
-        tb.close()
-    tb.open(str(Path(ms) / "SPECTRAL_WINDOW"))
-    try:
-        spw_freq = np.array([float(np.mean(tb.getcell("CHAN_FREQ", i))) for i in range(tb.nrows())])
-    finally:
-        tb.close()
+    spws = mstables.spectral_windows(ms)
+    spw_of_ddid, spw_freq = spws.spw_of_ddid, spws.mean_freq()
     tb.open(str(Path(ms) / "FIELD"))
     try:
         ra, dec = np.asarray(tb.getcol("PHASE_DIR"))[:, 0, 0]
