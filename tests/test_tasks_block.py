@@ -3,7 +3,7 @@
 What this checks
 ----------------
 With `imaging.backend = "wsclean"` a tiny block is imaged from its subband MSs: no
-concatenated block MS is written or registered, WSClean's log is registered instead,
+concatenated block MS is written or registered, WSClean's log is registered instead (and as a run product, so ingest archives it),
 and the FITS products say which imager made them. The tclean path (block MS
 concatenated and registered as `concat_ms`) is what every other cluster test runs
 (`tests/test_rerun.py` reads its `concat_ms`); a tclean copy here took 61 s.
@@ -50,3 +50,8 @@ def test_wsclean_block_has_no_concatenated_ms(tmp_path):
     assert "concat_ms" not in prods and not paths.concat_ms.exists()
     assert prods["imaging_log"] == str(paths.imaging_log("wsclean")) and Path(prods["imaging_log"]).is_file()
     assert "concat_s" not in rec["timings"] and rec["timings"]["image_s"] > 0
+    # the run's products, which ingest archives, hold WSClean's log beside the FITS
+    from contimg import database as db
+
+    run_kinds = {r["kind"]: r["path"] for r in db.run_products(c.database_url, sub.run_id) if r["block_id"] == block_id}
+    assert run_kinds["imaging_log"] == prods["imaging_log"] and "image_fits" in run_kinds

@@ -115,8 +115,10 @@ def image_block(self, results: list[dict], block_id: str, node: str, missing: li
     if concatenated:
         db.record_product(url, block_id, "concat_ms", prods.concat_ms, n_subbands=len(ok))
     else:
-        db.record_product(url, block_id, "imaging_log", prods.imaging_log(img.backend), n_subbands=len(ok),
-                          imaged_from="subband MSs (no concatenated block MS)")
+        log_details = {"n_subbands": len(ok), "imaged_from": "subband MSs (no concatenated block MS)"}
+        db.record_product(url, block_id, "imaging_log", prods.imaging_log(img.backend), **log_details)
+        if run_id:  # the imager's own account of the image, archived with it
+            db.record_run_product(url, run_id, block_id, "imaging_log", prods.imaging_log(img.backend), **log_details)
     measured = {k: info[k] for k in ("rms_jy", "peak_jy", "peak_pbcor_jy", "beam_major_arcsec",
                                      "beam_minor_arcsec", "beam_pa_deg", "cell_arcsec", "imsize")}
     for kind, path in info["fits"].items():
