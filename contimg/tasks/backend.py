@@ -62,8 +62,8 @@ def results_not_followed(app):
     channel of every header task (a ``GroupResult`` and its ready barrier): one
     Redis round trip per subband task, a quarter of the time to send a block's
     chord. The dispatcher never waits on Celery results (the products database
-    says when a block ends), so it sends inside this. A result waited on later
-    (``get``) is followed as usual once the block has ended.
+    says when a block ends), so it sends inside this. Outside it, and for a result
+    waited on later (``get``), Celery follows results as usual.
     """
     backend = app.backend
     if not isinstance(backend, RedisBackend):  # another backend (tests, eager): nothing to skip
