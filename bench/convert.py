@@ -99,6 +99,7 @@ def worker(method: str, uvh5: Path, ms: Path, repeat: int) -> None:
     seconds = []
     for _ in range(repeat):
         shutil.rmtree(ms, ignore_errors=True)  # every method writes a new MS, none replaces one
+        os.sync()  # and starts with no dirty pages of an earlier conversion to flush
         t0 = time.perf_counter()
         result = run()
         seconds.append(time.perf_counter() - t0)
@@ -114,6 +115,7 @@ def raw_copy_seconds(src: Path, dst: Path, repeat: int) -> list[float]:
     out = []
     for _ in range(repeat):
         dst.unlink(missing_ok=True)
+        os.sync()
         t0 = time.perf_counter()
         with open(src, "rb", buffering=0) as fi, open(dst, "wb", buffering=0) as fo:
             while n := fi.readinto(buf):
