@@ -1,38 +1,47 @@
 """Fast conversion of one subband file (UVH5) to a Measurement Set.
 
-:func:`convert_subband_fast` writes the same Measurement Set as
+:func:`convert_subband_fast` writes the Measurement Set of
 :func:`contimg.convert.convert_subband` (the pyuvdata path) in a fraction of
 the time and memory. The split of the work:
 
 - **Metadata through pyuvdata.** The file is opened once with h5py; pyuvdata
-  reads only its ``Header`` (``read_data=False``) from that open handle, and
-  the phase-centre rule, the UVW recomputation from antenna positions and the
-  rephasing run on that metadata-only object through the very functions the
-  pyuvdata path calls (:func:`convert.choose_phase_center`,
-  :func:`phasing.recompute_geometry`, :func:`convert.apply_phase_center`,
-  :func:`convert.prepare_for_ms`). The geometry is therefore the pyuvdata
-  path's by construction, not a re-derivation that could drift from it.
+  reads only its ``Header`` (``read_data=False``) from that open handle and
+  checks it (:func:`_check_header`). The phase-centre rule, the UVW
+  recomputation from antenna positions and the rephasing run through the very
+  functions the pyuvdata path calls (:func:`convert.choose_phase_center`,
+  :func:`phasing.recompute_geometry`, pyuvdata's ``phase()`` with the
+  arguments of :func:`convert.apply_phase_center`,
+  :func:`convert.prepare_for_ms`), on one row per time
+  (:func:`phasing.rows_per_time`), and the result is spread to every row
+  (:func:`phasing.spread_geometry`): the UVWs are bit for bit the per-row
+  ones.
 - **Visibilities streamed.** ``Data/visdata``, ``flags`` and ``nsamples`` are
-  read in blocks of rows, rotated by the change of w (the same float64
-  arithmetic as pyuvdata's ``_apply_w_proj``, so DATA is bit-identical),
-  conjugated as pyuvdata's ``write_ms`` does (``flip_conj``), reordered
-  (ascending channels, CASA polarization order, ant1 < ant2) and written with
-  ``putcol``. Each byte of the file is read once and no full-size copy of the
-  visibilities is ever held, so the peak memory is a few blocks of rows.
-- **Skeleton and subtables by pyuvdata.** The main table is pyuvdata's
-  skeleton (``init_ms_file``: same columns and storage managers) and the
-  ANTENNA, FIELD, SPECTRAL_WINDOW, POLARIZATION... subtables are written by
-  the pyuvdata functions ``write_ms`` itself calls, from the same metadata.
+  read in blocks of rows (views of the file mapped in memory when it is
+  stored plainly, else h5py reads), rotated by the change of w (pyuvdata's
+  ``_apply_w_proj`` in float64, with one cos and sin per row and channel
+  step: :func:`_data_kernel`), conjugated as pyuvdata's ``write_ms`` does
+  (``flip_conj``) and reordered (ascending channels, CASA polarization
+  order, ant1 < ant2) by numba kernels, and written straight into the
+  table's tile files (:class:`mswrite.MainTable`), in a second thread while
+  this one writes the other columns and the subtables through casacore. Each
+  byte of the file is read once and no full-size copy of the visibilities is
+  ever held.
+- **Skeleton and subtables as pyuvdata's.** The main table has pyuvdata's
+  columns and data managers, except fixed-shape tiled DATA, FLAG,
+  WEIGHT_SPECTRUM, WEIGHT and SIGMA (:func:`mswrite.main_table_layout`); the
+  subtables are written by the pyuvdata functions ``write_ms`` itself calls,
+  from the same metadata, except POINTING (:func:`mstables.write_pointing`,
+  the same cells).
 
 Rows are in the file's order, as in the pyuvdata path. SIGMA, which pyuvdata
 leaves undefined where WEIGHT is 0, is 0 there. The MS is written to a
-temporary sibling, checked (row count, antennas, and the UVWs read back
-against UVWs recomputed from antenna positions: :func:`phasing.uvw_check`)
-and renamed into place.
+temporary sibling, checked (:func:`_check_written_ms`, and the direct
+writes' read-back in :meth:`mswrite.MainTable.finish`) and renamed into
+place.
 
-Files the fast path does not cover (more than one spectral window) are
-handed to :func:`convert.convert_subband`; docs/conversion.md lists the
-guarantees and the measured speed.
+Files the fast path does not cover (more than one spectral window, invalid
+sample counts) are handed to :func:`convert.convert_subband`;
+docs/conversion.md lists the guarantees and the measured speed.
 """
 
 from __future__ import annotations
@@ -59,10 +68,10 @@ log = logging.getLogger(__name__)
 
 ROWS_PER_BLOCK = 171 * 48
 """Rows read, rotated and written at a time: 8208 rows of the full preset
-(48 channels x 4 polarizations) are 12.6 MB of visibilities. A multiple of
-the 171-row tiles casacore picks for a (4, 48) cell, so that a block never
-leaves a tile half written; large enough that per-call overheads vanish,
-small enough to stay in the CPU caches' neighbourhood and keep memory flat."""
+(48 channels x 4 polarizations) are 12.6 MB of visibilities, 48 of the
+171-row tiles of a (4, 48) cell; large enough that per-call overheads
+vanish, small enough to keep memory flat (two blocks of each column are
+held: one being computed, one being written)."""
 
 _C_M_S = 299792458.0  # astropy's constants.c, the value pyuvdata's rotation uses
 
@@ -604,15 +613,20 @@ def _evenly_spaced(freq_hz: np.ndarray, dw_over_c: np.ndarray | None) -> bool:
 def _sample_range(nsamples):
     """Smallest and largest sample count of a block in one pass, and whether all are valid (>= 0, not NaN)."""
     lo, hi, valid = np.inf, -np.inf, True
-    for x in nsamples.reshape(-1):
-        if not x >= 0:
-            valid = False
-        lo = min(lo, x)
-        hi = max(hi, x)
+    n, n_freqs, n_pols = nsamples.shape
+    for r in range(n):
+        for c in range(n_freqs):
+            for p in range(n_pols):
+                x = nsamples[r, c, p]
+                if not x >= 0:
+                    valid = False
+                lo = min(lo, x)
+                hi = max(hi, x)
     return lo, hi, valid
 
 
-def _band_weights(nsamples: np.ndarray, lo: float, hi: float) -> np.ndarray:
+@numba.njit(cache=True, nogil=True)
+def _band_weights(nsamples, lo, hi, pol_src, weights):
     """WEIGHT as pyuvdata writes it: the median over channels of the sample counts.
 
     A median is expensive (a partition per row and polarization); where all
@@ -622,17 +636,72 @@ def _band_weights(nsamples: np.ndarray, lo: float, hi: float) -> np.ndarray:
     Parameters
     ----------
     nsamples : ndarray of float32, shape (n, Nfreqs, Npols)
-        A block of sample counts (channel order does not matter).
+        A block of sample counts in MS order (channel order does not matter).
     lo, hi : float
         Their smallest and largest values.
+    pol_src : ndarray of int64, shape (Npols,)
+        File polarization of each MS correlation: pyuvdata's WEIGHT keeps the
+        file's polarization order (after the XY/YX swap of conjugated rows),
+        so MS correlation p goes to WEIGHT column ``pol_src[p]``.
+    weights : ndarray of float32, shape (n, Npols)
+        Written.
+    """
+    n, _, n_pols = nsamples.shape
+    for r in range(n):
+        for p in range(n_pols):
+            weights[r, pol_src[p]] = lo if lo == hi else np.median(nsamples[r, :, p])
+
+
+@numba.njit(cache=True, nogil=True)
+def _pack_flags(flags, bits):
+    """A block of FLAG packed as casacore's tiles hold it: one bit a value, least significant first.
+
+    ``bits`` has shape (n, ceil(Nfreqs * Npols / 8)): each row starts on a
+    byte (for cells of a multiple of 8 values, as the direct writes require,
+    this is also one continuous run of bits).
+    """
+    n, n_freqs, n_pols = flags.shape
+    for r in range(n):
+        k, byte, value = 0, 0, 0
+        for c in range(n_freqs):
+            for p in range(n_pols):
+                if flags[r, c, p]:
+                    value |= 1 << k
+                k += 1
+                if k == 8:
+                    bits[r, byte] = value
+                    byte, k, value = byte + 1, 0, 0
+        if k:
+            bits[r, byte] = value
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, weights,
+                  dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj, identity):
+    """A block of file rows as DATA, FLAG (packed), WEIGHT_SPECTRUM and WEIGHT, in one call without the GIL.
+
+    One call per block, so that the thread running it (:func:`_write_spectra`)
+    seldom needs the GIL, which the thread writing the other columns through
+    casacore holds most of the time.
 
     Returns
     -------
-    ndarray of float32, shape (n, Npols)
+    bool
+        False if a sample count is negative or NaN (then nothing else is meaningful).
     """
-    if lo == hi:
-        return np.full((nsamples.shape[0], nsamples.shape[2]), lo, dtype=np.float32)
-    return np.median(nsamples, axis=1)
+    lo, hi, valid = _sample_range(nsamples)
+    if not valid:
+        return False
+    _data_kernel(vis, data, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj)
+    if identity:
+        _pack_flags(flags, flag_bits)
+        _band_weights(nsamples, lo, hi, pol_src, weights)
+    else:
+        _reorder_kernel(flags, flags_ms, conj, chan_dst, pol_src, pol_src_conj)
+        _reorder_kernel(nsamples, nsamples_ms, conj, chan_dst, pol_src, pol_src_conj)
+        _pack_flags(flags_ms, flag_bits)
+        _band_weights(nsamples_ms, lo, hi, pol_src, weights)
+    return True
 
 
 # ---------------------------------------------------------------------------
@@ -670,8 +739,8 @@ class _VisibilityWriter:
     The output buffers are allocated once, two of each, used in turn: a
     block may still be on its way to disk while the next is computed (see
     :class:`mswrite.MainTable`). Where the file's layout is already the MS's
-    (FLAG and WEIGHT_SPECTRUM when no row is conjugated and no axis
-    reordered), the blocks as read are written as they are.
+    (no row conjugated, no axis reordered), WEIGHT_SPECTRUM is the block of
+    sample counts as read.
     """
 
     def __init__(self, plan: _Plan, n_block: int, n_rows: int, n_freqs: int, n_pols: int):
@@ -679,8 +748,11 @@ class _VisibilityWriter:
         self.map = _RowMap.of(plan, n_freqs, n_pols)
         shape = (n_block, n_freqs, n_pols)
         self.data = [np.empty(shape, dtype=np.complex64) for _ in range(2)]
-        self.flags = None if self.map.identity else [np.empty(shape, dtype=bool) for _ in range(2)]
-        self.nsamples = None if self.map.identity else [np.empty(shape, dtype=np.float32) for _ in range(2)]
+        self.flag_bits = [np.empty((n_block, -(-n_freqs * n_pols // 8)), dtype=np.uint8) for _ in range(2)]
+        # Reordered FLAG and WEIGHT_SPECTRUM, when the file's layout is not the MS's.
+        reordered = (0, n_freqs, n_pols) if self.map.identity else shape
+        self.flags = [np.empty(reordered, dtype=bool) for _ in range(2)]
+        self.nsamples = [np.empty(reordered, dtype=np.float32) for _ in range(2)]
         self._turn = 0
         self.rotate = plan.delta_w_m is not None
         # The first factor of pyuvdata's product (dw * (1/c)) * nu, per row.
@@ -699,23 +771,16 @@ class _VisibilityWriter:
         """
         n = vis.shape[0]
         rows = slice(start, start + n)
-        m, conj = self.map, self.plan.conj_rows[rows]
-        lo, hi, valid = _sample_range(nsamples)
+        m = self.map
+        turn, self._turn = self._turn, 1 - self._turn
+        data, bits = self.data[turn][:n], self.flag_bits[turn][:n]
+        flags_ms, nsamples_ms = self.flags[turn][: 0 if m.identity else n], self.nsamples[turn][: 0 if m.identity else n]
+        valid = _block_kernel(vis, flags, nsamples, data, bits, flags_ms, nsamples_ms, self.weights[rows],
+                              self.dw_over_c[rows], self.plan.freq_hz, self.rotate, self.recurrence,
+                              self.plan.conj_rows[rows], m.chan_dst, m.pol_src, m.pol_src_conj, m.identity)
         if not valid:
             raise _InvalidSampleCounts(f"rows {start}-{start + n}")
-        turn, self._turn = self._turn, 1 - self._turn
-        data = self.data[turn][:n]
-        _data_kernel(vis, data, self.dw_over_c[rows], self.plan.freq_hz, self.rotate, self.recurrence,
-                     conj, m.chan_dst, m.pol_src, m.pol_src_conj)
-        if not m.identity:
-            _reorder_kernel(flags, self.flags[turn][:n], conj, m.chan_dst, m.pol_src, m.pol_src_conj)
-            _reorder_kernel(nsamples, self.nsamples[turn][:n], conj, m.chan_dst, m.pol_src, m.pol_src_conj)
-            flags, nsamples = self.flags[turn][:n], self.nsamples[turn][:n]
-        table.put_spectra(start, data, flags, nsamples)
-        # pyuvdata's WEIGHT keeps the file's polarization order (after the
-        # XY/YX swap of conjugated rows): MS correlation p is file polarization
-        # pol_src[p] of the swapped rows. The median ignores channel order.
-        self.weights[rows][:, m.pol_src] = _band_weights(nsamples, lo, hi)
+        table.put_spectra(start, data, bits, nsamples if m.identity else nsamples_ms)
 
 
 class _InvalidSampleCounts(Exception):

@@ -265,6 +265,8 @@ def _direct_layout_works(n_freqs: int, n_pols: int) -> bool:
 def _as_bytes(name: str, block: np.ndarray):
     """A block of rows of one column as the bytes of its tile file."""
     if name == "FLAG":
+        if block.dtype == np.uint8:  # already packed (MainTable.put_spectra)
+            return memoryview(np.ascontiguousarray(block)).cast("B")
         return np.packbits(block.reshape(-1), bitorder="little")
     return memoryview(np.ascontiguousarray(block, dtype=_DTYPES[name])).cast("B")
 
@@ -314,6 +316,7 @@ class MainTable:
     def __init__(self, path: str | os.PathLike, n_rows: int, n_freqs: int, n_pols: int, *, direct: bool = True):
         self.path = Path(path)
         self.n_rows = n_rows
+        self.cell = (n_freqs, n_pols)
         self.template = _template(n_rows, n_freqs, n_pols) if direct else None
         self._table = None
         self._files: dict[str, object] = {}
@@ -345,12 +348,21 @@ class MainTable:
         Parameters
         ----------
         data : ndarray of complex64, shape (n, Nfreqs, Npols)
-        flags : ndarray of bool, same shape
-        weight_spectrum : ndarray of float32, same shape
+        flags : ndarray of bool, same shape; or of uint8, shape (n, ceil(Nfreqs * Npols / 8))
+            FLAG, or FLAG packed (one bit a value, least significant first,
+            each row from a new byte; :func:`contimg.fast_convert._pack_flags`).
+        weight_spectrum : ndarray of float32, same shape as ``data``
         """
         self._wait(keep=0)
+        if flags.dtype == np.uint8 and not self._packed_flags_fit():
+            flags = np.unpackbits(flags, axis=1, count=int(np.prod(self.cell)), bitorder="little")
+            flags = flags.astype(bool).reshape(data.shape)
         for name, block in zip(SPECTRA, (data, flags, weight_spectrum), strict=True):
             self._put(name, start, block)
+
+    def _packed_flags_fit(self) -> bool:
+        """Whether packed FLAG rows are the tile file's bytes (direct, and whole bytes a row)."""
+        return "FLAG" in self._files and int(np.prod(self.cell)) % 8 == 0
 
     def put_column(self, name: str, values: np.ndarray) -> None:
         """Write a whole column (UVW, WEIGHT, SIGMA or any other), directly when it can be."""
@@ -368,7 +380,10 @@ class MainTable:
         self._rows_written[name] = start + n
         for row in (0, self.n_rows // 2, self.n_rows - 1):
             if start <= row < start + n:
-                self._probes[name, row] = np.array(block[row - start], dtype=_DTYPES[name])
+                value = block[row - start]
+                if name == "FLAG" and block.dtype == np.uint8:
+                    value = np.unpackbits(value, count=int(np.prod(self.cell)), bitorder="little").reshape(self.cell)
+                self._probes[name, row] = np.array(value, dtype=_DTYPES[name])
 
     def _wait(self, keep: int) -> None:
         """Wait until at most ``keep`` writes are pending; a failed write raises here."""

@@ -374,3 +374,88 @@ def test_written_ms_check_reads_the_ms_back(raw_files, tmp_path):
         t.putcell("UVW", middle, t.getcell("UVW", middle) + 1e-6)
     with pytest.raises(RuntimeError, match="does not hold the UVWs"):
         fast_convert._check_written_ms(ms, uvd, final=ms)
+
+
+# ---------------------------------------------------------------------------
+# the ways the big columns are read and written
+# ---------------------------------------------------------------------------
+
+
+def _all_columns(ms: Path) -> dict[str, np.ndarray]:
+    with _table(ms) as t:
+        return {c: t.getcol(c) for c in t.colnames() if c != "FLAG_CATEGORY"}
+
+
+@pytest.mark.parametrize("which", ["simulated", "awkward"])
+def test_direct_writes_equal_putcol_and_h5py_reads_equal_mapped(raw_files, tmp_path, monkeypatch, which):
+    """The four ways (file mapped or read with h5py; columns written directly or through putcol): one MS."""
+    from contimg import mswrite
+
+    kwargs = {"block_mid_jd": 2460953.6260}
+    ref = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "mapped-direct.ms", **kwargs)
+    with _table(Path(ref.ms_path)) as t:
+        # The reference really is direct: its DATA is a TiledColumnStMan.
+        assert {m["TYPE"] for m in t.getdminfo().values() if "DATA" in m["COLUMNS"]} == {"TiledColumnStMan"}
+    want = _all_columns(Path(ref.ms_path))
+    mapped = []
+    monkeypatch.setattr(fast_convert, "_map_datasets", lambda data, path: mapped.append(path) or (None, None))
+    monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 1000)  # several blocks, both buffers in turn
+    h5py_direct = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "h5py-direct.ms", **kwargs)
+    assert mapped, "the h5py reader was not used"
+    monkeypatch.setattr(mswrite, "_template", lambda *shape: None)
+    h5py_putcol = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "h5py-putcol.ms", **kwargs)
+    for res in (h5py_direct, h5py_putcol):
+        got = _all_columns(Path(res.ms_path))
+        assert got.keys() == want.keys()
+        for col in want:
+            np.testing.assert_array_equal(got[col], want[col], err_msg=f"{res.ms_path}: {col}")
+
+
+def test_direct_layout_self_test_and_probes(tmp_path):
+    """The self-test passes here, and a direct write that casacore reads differently is caught."""
+    from contimg import mswrite
+
+    assert mswrite._direct_layout_works(48, 4)
+    n = 1000
+    rng = np.random.default_rng(0)
+    data = (rng.normal(size=(n, 48, 4)) + 1j * rng.normal(size=(n, 48, 4))).astype(np.complex64)
+    table = mswrite.MainTable(tmp_path / "x.ms", n, 48, 4)
+    assert table.direct
+    table.put_spectra(0, data, np.zeros(data.shape, bool), np.ones(data.shape, np.float32))
+    for name, cell in (("WEIGHT", (4,)), ("SIGMA", (4,)), ("UVW", (3,))):
+        table.put_column(name, np.zeros((n, *cell)))
+    table.close_table()
+    table._probes["DATA", n // 2] = table._probes["DATA", n // 2] + 1  # as if casacore read other bytes
+    with pytest.raises(RuntimeError, match="row 500 of DATA"):
+        table.finish()
+
+
+@pytest.mark.parametrize("where", ["template", "spectra thread"])
+def test_disk_full_while_writing_directly(raw_files, tmp_path, monkeypatch, where):
+    """A full disk while the big columns are written: TransientError, no temporary MS, the old MS kept."""
+    from contimg import mswrite
+
+    ms = tmp_path / "sb.ms"
+    fast_convert.convert_subband_fast(raw_files["simulated"], ms)
+    before = _column(ms, "DATA")
+    full = OSError(errno.ENOSPC, "No space left on device")
+    if where == "template":
+        def no_space(self, path):
+            path.mkdir()
+            raise full
+        monkeypatch.setattr(mswrite._Template, "write", no_space)
+    else:
+        as_bytes = mswrite._as_bytes
+        calls = []
+
+        def no_space(name, block):
+            calls.append(name)
+            if len(calls) > 7:  # some blocks are written first
+                raise full
+            return as_bytes(name, block)
+        monkeypatch.setattr(mswrite, "_as_bytes", no_space)
+        monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 1000)  # several blocks
+    with pytest.raises(TransientError, match="sb.ms"):
+        fast_convert.convert_subband_fast(raw_files["simulated"], ms)
+    assert not temporary_name(ms).exists()
+    np.testing.assert_array_equal(_column(ms, "DATA"), before)
