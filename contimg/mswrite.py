@@ -192,12 +192,27 @@ def _column_files(table, n_rows: int) -> dict[str, _ColumnFile] | None:
     return out if out.keys() == _DTYPES.keys() else None
 
 
-@functools.lru_cache(maxsize=8)
-def _template(n_rows: int, n_freqs: int, n_pols: int) -> _Template | None:
-    """casacore's own empty MS of this size, made once per process; None if the direct layout does not hold."""
+_templates: dict[tuple[int, int, int], _Template | None] = {}
+
+
+def _template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path) -> _Template | None:
+    """casacore's own empty MS of this size, made once per process; None if the direct layout does not hold.
+
+    casacore writes the template's columns in full (zeros: 385 MB for a
+    ``full`` subband, 0.2 s), so it is made in ``workdir`` (the directory of
+    the MS about to be written: the node's scratch disk, not /tmp) and
+    removed once its small files are in memory.
+    """
+    key = (n_rows, n_freqs, n_pols)
+    if key not in _templates:
+        _templates[key] = _make_template(n_rows, n_freqs, n_pols, workdir)
+    return _templates[key]
+
+
+def _make_template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path) -> _Template | None:
     if not _direct_layout_works(n_freqs, n_pols):
         return None
-    path = Path(tempfile.mkdtemp(prefix="contimg-ms-template-")) / "template.ms"
+    path = Path(tempfile.mkdtemp(prefix=".contimg-ms-template-", dir=workdir)) / "template.ms"
     t = create_table(path, n_freqs, n_pols)
     try:
         t.addrows(n_rows)
@@ -317,7 +332,7 @@ class MainTable:
         self.path = Path(path)
         self.n_rows = n_rows
         self.cell = (n_freqs, n_pols)
-        self.template = _template(n_rows, n_freqs, n_pols) if direct else None
+        self.template = _template(n_rows, n_freqs, n_pols, self.path.parent) if direct else None
         self._table = None
         self._files: dict[str, object] = {}
         self._rows_written: dict[str, int] = {}
