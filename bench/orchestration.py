@@ -85,6 +85,31 @@ def run_dispatch(cfg: _config.Config, date: str) -> tuple[float, int, str, float
     return wall, sum(r["state"] == db.DONE for r in recs), res.run_id, time.perf_counter() - t1
 
 
+def cpu_seconds(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU seconds (user + system) used so far by each group of processes (Linux ``/proc``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, group in pids.items():
+        total = 0
+        for pid in group:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+                total += int(fields[11]) + int(fields[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass
+        out[name] = total / tick
+    return out
+
+
+def cluster_pids(cl: LocalCluster) -> dict[str, list[int]]:
+    """The processes whose CPU the bench accounts: itself (submission, dispatcher, waiting), redis, workers."""
+    workers = [p.pid for p in cl.workers.values()]
+    for node in cl.workers:
+        workers += cl.worker_children(node)
+    return {"bench+dispatcher": [os.getpid()], "redis": [cl.redis.proc.pid], "workers": workers}
+
+
 def count_db_writes(db_path: Path) -> dict[str, int]:
     con = sqlite3.connect(db_path)
     try:
@@ -102,6 +127,10 @@ def main() -> None:
                          "(default 3: on 2 busy cores one round varies by up to 30 %%)")
     ap.add_argument("--out", type=Path, default=None, help="working directory (default: a new temporary one)")
     args = ap.parse_args()
+    if not 1 <= args.blocks <= 240:
+        # The night's blocks start at 03:00, 309 s apart; the dispatch round submits the night by its
+        # date, and only 245 blocks fit before midnight.
+        ap.error("--blocks must be 1-240: a night's blocks must all fall on one date")
     base = args.out or Path(tempfile.mkdtemp(prefix="contimg-orchestration-"))
     day0 = date_cls(2025, 10, 5)
     nights = [((day0 + timedelta(days=2 * i)).isoformat(), (day0 + timedelta(days=2 * i + 1)).isoformat())
@@ -117,13 +146,20 @@ def main() -> None:
           f"{'on' if cfg.broker.task_events else 'off (until Flower asks)'}; {os.cpu_count()} cores; "
           f"{args.repeat} rounds; in {base}")
     print(f"{'round':<6} {'method':<34} {'blocks done':>11} {'wall s':>8} {'ms/block':>9} {'ms/task':>8}")
-    walls_b, walls_d, finish = [], [], []
+    walls_b, walls_d, finish, cpu_b, cpu_d = [], [], [], [], []
     with LocalCluster(cfg, base / "cluster") as cl:
         for i, (date_b, date_d) in enumerate(nights, 1):
+            pids = cluster_pids(cl)
+            c0 = cpu_seconds(pids)
             wall_b, done_b = run_baseline(cl.config, base / "data" / date_b)
+            c1 = cpu_seconds(pids)
             cl.wait_idle(120)
+            c2 = cpu_seconds(pids)
             wall_d, done_d, run_id, finish_s = run_dispatch(cl.config, date_d)
+            c3 = cpu_seconds(pids)
             cl.wait_idle(120)
+            cpu_b.append({k: c1[k] - c0[k] for k in pids})
+            cpu_d.append({k: c3[k] - c2[k] - (finish_s if k == "bench+dispatcher" else 0.0) for k in pids})
             for name, wall, done in (("baseline: all chords at once", wall_b, done_b),
                                      ("dispatch: work queue, K, leases", wall_d, done_d)):
                 print(f"{i:<6} {name:<34} {done:>11} {wall:>8.2f} {1e3 * wall / args.blocks:>9.1f} "
@@ -141,6 +177,11 @@ def main() -> None:
           f"(range {spread}); dispatch / baseline = {ms_d / ms_b:.2f}; database rows: {rows}")
     print(f"# each run's finishing pass once all its blocks ended (weblog of the run and the night, "
           f"notifications; once per run, not per block): median {statistics.median(finish):.2f} s")
+    for name, cpu in (("baseline", cpu_b), ("dispatch", cpu_d)):
+        per = {k: 1e3 * statistics.median(c[k] for c in cpu) / args.blocks for k in cpu[0]}
+        print(f"# CPU ms per block, {name} (median of rounds): "
+              + ", ".join(f"{k} {v:.1f}" for k, v in per.items()) + f"; total {sum(per.values()):.1f} "
+              f"(2 cores: {2 * (ms_b if name == 'baseline' else ms_d):.0f} available per block)")
     print("# target: <= 50 ms per block on this machine")
     if args.out is None:
         shutil.rmtree(base, ignore_errors=True)

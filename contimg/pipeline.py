@@ -345,26 +345,28 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
     last: dict[str, str] = {}
     t0 = time.monotonic()
     final = {db.DONE, db.FAILED}
+    open_ids = list(dict.fromkeys(block_ids))  # only these are polled: a night's pass costs what is left of it
+    total = len(open_ids)
     while True:
         try:
             dispatcher.step()
         except BROKER_DOWN as e:  # a restarting Redis: the work waits in it, persisted; try again
             if progress:
                 progress(f"broker unreachable ({type(e).__name__}); retrying in {poll_s:g} s")
-        states = db.states(url, block_ids)
-        for bid in block_ids:
+        states = db.states(url, open_ids)
+        for bid in open_ids:
             st = states.get(bid, "unknown")
             if st != last.get(bid) and progress:
-                n_done = sum(1 for s in states.values() if s in final)
-                progress(f"[{n_done}/{len(block_ids)}] {bid} {st} ({time.monotonic() - t0:.0f} s)")
+                n_done = total - sum(1 for b in open_ids if states.get(b) not in final)
+                progress(f"[{n_done}/{total}] {bid} {st} ({time.monotonic() - t0:.0f} s)")
             last[bid] = st
-        if all(states.get(b) in final for b in block_ids):
+        open_ids = [b for b in open_ids if states.get(b) not in final]
+        if not open_ids:
             if finish and isinstance(dispatcher, Dispatcher):  # the last blocks' run and night, before this process ends
                 dispatcher.notify(force=True)
             return db.blocks(url, block_ids)
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
-            open_ = [b for b in block_ids if states.get(b) not in final]
-            raise TimeoutError(f"blocks still open after {timeout_s:.0f} s: {', '.join(open_)}")
+            raise TimeoutError(f"blocks still open after {timeout_s:.0f} s: {', '.join(open_ids)}")
         dispatcher.idle(poll_s)
 
 
