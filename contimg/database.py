@@ -320,8 +320,8 @@ def blocks(url: str, block_ids: list[str] | None = None, date: str | None = None
     """Blocks (with subbands and products) as dicts, ordered by block id.
 
     Three queries whatever the number of blocks (the subbands and products of
-    all of them are loaded at once, not block by block: 0.3 s -> 0.03 s for
-    200 blocks).
+    all of them are loaded at once, not block by block: 200 blocks of 16
+    subbands in 0.06-0.11 s instead of 0.13-0.20 s).
     """
     with session(url) as s:
         q = (select(BlockRow).order_by(BlockRow.block_id)
