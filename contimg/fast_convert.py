@@ -805,7 +805,7 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
     try:
         if table.direct:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-spectra") as pool:
-                spectra = pool.submit(_write_spectra, reader, writer, table, uvd, src, stop)
+                spectra = pool.submit(_write_spectra, reader, writer, table, uvd, stop)
                 try:
                     _write_other_columns(table.open(), uvd)
                     table.close_table()
@@ -815,7 +815,7 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
                     raise
                 spectra.result()
         else:
-            _write_spectra(reader, writer, table, uvd, src, stop)
+            _write_spectra(reader, writer, table, uvd, stop)
             _write_other_columns(table.open(), uvd)
             table.close_table()
             _write_subtables(uvd, plan, path)
@@ -826,7 +826,7 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
         raise
 
 
-def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswrite.MainTable, uvd, src: Path,
+def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswrite.MainTable, uvd,
                    stop: threading.Event) -> None:
     """DATA, FLAG and WEIGHT_SPECTRUM block by block, then WEIGHT, SIGMA and UVW.
 
