@@ -66,6 +66,21 @@ def celery_settings(cfg: _config.Config) -> dict:
     )
 
 
+TASK_LINE_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+"""Celery's loggers of the per-task lines: "succeeded"/"retry" (in the pool process) and "received"."""
+
+
+def quiet_task_lines(quiet: bool) -> None:
+    """Keep Celery's per-task INFO lines out of the worker log (``broker.log_task_lines``).
+
+    Celery decides once, when a worker builds its task tracers and message
+    strategies, whether these loggers log at INFO; the configuration is applied
+    on import (``_configure_on_import``), before that.
+    """
+    for name in TASK_LINE_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.NOTSET)
+
+
 def soft_time_limit_s(cfg: _config.Config) -> int:
     """The soft limit raises in the task, 30 s (or half the limit) before the hard limit kills it."""
     hard = int(cfg.broker.task_time_limit_s)
@@ -88,6 +103,7 @@ def configure(cfg: _config.Config) -> Celery:
     _current = cfg
     settings = celery_settings(cfg)
     app.conf.update(settings)
+    quiet_task_lines(not cfg.broker.log_task_lines)
     # Tasks bound earlier keep the limits they were bound with, and senders put those in the
     # messages: a process that moves to another configuration must update them.
     for task in app.tasks.values():
