@@ -19,7 +19,7 @@ the time and memory. The split of the work:
   read in blocks of rows (views of the file mapped in memory when it is
   stored plainly, else h5py reads), rotated by the change of w (pyuvdata's
   ``_apply_w_proj`` in float64, with one cos and sin per row and channel
-  step: :func:`_data_kernel`), conjugated as pyuvdata's ``write_ms`` does
+  step, and pyuvdata's complex64 values bit for bit: :func:`_data_kernel`), conjugated as pyuvdata's ``write_ms`` does
   (``flip_conj``) and reordered (ascending channels, CASA polarization
   order, ant1 < ant2) by numba kernels, and written straight into the
   table's tile files (:class:`mswrite.MainTable`), in a second thread while
@@ -46,6 +46,7 @@ docs/conversion.md lists the guarantees and the measured speed.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import mmap
@@ -58,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numba
+import numba.extending
 import numpy as np
 
 from . import convert, mswrite, phasing
@@ -518,20 +520,101 @@ class _RowMap:
         return cls(chan_dst, pol_src, pol_src_conj, identity)
 
 
-@numba.njit(cache=True, nogil=True)
-def _data_kernel(vis, out, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj):
+@numba.extending.intrinsic
+def _fma(typingctx, a, b, c):
+    """a * b + c rounded once (LLVM's fma: the FMA instruction, or an exact software one without it)."""
+    from llvmlite import ir
+
+    sig = numba.types.float64(numba.types.float64, numba.types.float64, numba.types.float64)
+
+    def codegen(context, builder, signature, args):
+        d = ir.DoubleType()
+        fn = builder.module.declare_intrinsic("llvm.fma", [d], ir.FunctionType(d, [d, d, d]))
+        return builder.call(fn, args)
+
+    return sig, codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _product(ar, ai, br, bi, formula):
+    """(ar + i ai) (br + i bi) in float64 as numpy computes it on this machine (see :func:`numpy_product_formula`).
+
+    0: each product rounded (numpy without FMA); 1: ``fma(ar, br, -ai bi)``
+    and ``fma(ar, bi, ai br)`` (numpy's SIMD loop with FMA: x86-64 with
+    AVX2 or AVX-512); 2: the other products fused.
+    """
+    if formula == 1:
+        return _fma(ar, br, -(ai * bi)), _fma(ar, bi, ai * br)
+    if formula == 2:
+        return _fma(-ai, bi, ar * br), _fma(ai, br, ar * bi)
+    return ar * br - ai * bi, ar * bi + ai * br
+
+
+@functools.cache
+def numpy_product_formula() -> int:
+    """How numpy multiplies complex128 in pyuvdata's ``_apply_w_proj`` here: 0, 1 or 2 (see :func:`_product`).
+
+    The formulas differ only where the two products nearly cancel: one
+    visibility in ~3e7 of a real file ends one float32 unit apart. Found by
+    doing pyuvdata's operation (``data *= exp(-2 pi i w)`` broadcast over
+    polarizations) on values made to cancel, and comparing. ``-1`` if no
+    formula gives all of numpy's results (the fast DATA is then within one
+    unit in the last place of pyuvdata's, and a warning says so).
+    """
+    rng = np.random.default_rng(1)
+    n, n_freqs, n_pols = 64, 48, 4
+    angle = rng.uniform(-np.pi, np.pi, (n, n_freqs))
+    phasor = np.exp((-1j * 2 * np.pi) * (angle / (-2 * np.pi)))
+    # a = t * conj(phasor) * (1 + tiny): the real part of a * phasor nearly cancels; likewise for the imaginary.
+    scale = rng.uniform(0.5, 2, (n, n_freqs, n_pols)) * (1 + rng.uniform(-1e-12, 1e-12, (n, n_freqs, n_pols)))
+    turn = np.array([1, 1j, 1, 1j])[None, None, :]
+    a = scale * np.conj(phasor)[:, :, None] * turn * np.exp(1j * 1e-9 * rng.standard_normal((n, n_freqs, n_pols)))
+    data = a.copy()
+    data *= np.exp((-1j * 2 * np.pi) * (angle / (-2 * np.pi)))[:, :, None]
+    for formula in (1, 0, 2):
+        if _products_match(a, phasor, data, formula):
+            return formula
+    log.warning("numpy's complex product here is none of the known formulas: the fast path's DATA may differ "
+                "from pyuvdata's by one float32 unit in a few values per file")
+    return -1
+
+
+@numba.njit(cache=True)
+def _products_match(a, phasor, data, formula):
+    n, n_freqs, n_pols = a.shape
+    for r in range(n):
+        for c in range(n_freqs):
+            b = phasor[r, c]
+            for p in range(n_pols):
+                x, y = _product(a[r, c, p].real, a[r, c, p].imag, b.real, b.imag, formula)
+                if x != data[r, c, p].real or y != data[r, c, p].imag:
+                    return False
+    return True
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _data_kernel(vis, out, vis_flat, out_flat, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src,
+                 pol_src_conj, formula):
     """DATA of a block of rows: rotated by the change of w, conjugated as pyuvdata writes it, reordered.
 
     For each row r and file channel c, the rotation is pyuvdata's
     ``_apply_w_proj``, ``vis *= exp(-2 pi i dw nu / c)`` in float64, with the
-    argument formed in the same order, ``(-2 pi) * ((dw / c) * nu)``. With
-    ``recurrence`` (channels evenly spaced), the phasor of channel c + 1 is
-    that of channel c times the phasor of one channel step, the two taken
-    with cos and sin once per row: 48 times fewer trigonometric calls. Its
-    float64 error after 48 steps is ~1e-14, which changes the complex64
-    result by one unit in the last place in ~1e-4 of the values; without
-    ``recurrence`` every phasor is cos + i sin of its own argument and the
-    result is pyuvdata's bit for bit.
+    argument formed in the same order, ``(-2 pi) * ((dw / c) * nu)``, and
+    the product rounded to complex64: the values are pyuvdata's bit for bit.
+
+    Without ``recurrence``, every phasor is cos + i sin of its own argument
+    (one cos and sin per row and channel). With it (channels evenly
+    spaced), cos and sin are taken once per row for the first channel and
+    for one channel step, and the phasor of each next channel is the last
+    one times the step's, corrected to first order by the difference
+    between the argument pyuvdata forms and the one the recurrence follows
+    (:func:`_row_phasors`): 48 times fewer trigonometric calls. That phasor
+    is within ``delta`` of pyuvdata's (:func:`_phasor_error_bound`), so each
+    float64 product is within ``(|re| + |im|) * delta`` of pyuvdata's; a
+    channel where that interval holds a float32 rounding boundary for some
+    product (:func:`_near_rounding_boundary`; ~1e-3 of the channels) is
+    recomputed with the exact phasor. Either way the complex64 values are
+    the ones pyuvdata writes.
 
     Then, as pyuvdata's ``conjugate_bls("ant1<ant2")`` and ``write_ms``
     (``flip_conj``) do: a row kept is conjugated; a row stored ant2 < ant1 is
@@ -545,6 +628,8 @@ def _data_kernel(vis, out, dw_over_c, freq_hz, rotate, recurrence, conj, chan_ds
         The file's visibilities of the rows.
     out : ndarray of complex64, same shape
         Written.
+    vis_flat, out_flat : ndarray of float, shape (n, Nfreqs * Npols * 2)
+        The same memory as real and imaginary parts, row by row.
     dw_over_c : ndarray of float64, shape (n,)
         New minus old w of each row divided by the speed of light (seconds).
     freq_hz : ndarray of float64, shape (Nfreqs,)
@@ -554,34 +639,215 @@ def _data_kernel(vis, out, dw_over_c, freq_hz, rotate, recurrence, conj, chan_ds
         Rows stored ant1 > ant2.
     chan_dst, pol_src, pol_src_conj : ndarray of int64
         See :class:`_RowMap`.
+
+    Returns
+    -------
+    int
+        Channels (of a row) recomputed with exact phasors.
     """
     n, n_freqs, n_pols = vis.shape
     two_pi = 2 * np.pi
-    step = freq_hz[1] - freq_hz[0] if n_freqs > 1 else 0.0
+    phasor_re = np.empty(n_freqs)
+    phasor_im = np.empty(n_freqs)
+    if rotate and recurrence and n_pols == 4 and _is_identity(pol_src) and not conj.any():
+        return _four_kept_rows(vis_flat, out_flat, dw_over_c, freq_hz, chan_dst, formula)
+    exact = 0
     for r in range(n):
+        d = dw_over_c[r]
         pols = pol_src_conj if conj[r] else pol_src
         sign = 1.0 if conj[r] else -1.0  # imaginary part of the result
-        pr, pi, sr, si = 1.0, 0.0, 1.0, 0.0
-        if rotate and recurrence:
-            a0 = (-two_pi) * (dw_over_c[r] * freq_hz[0])
-            da = (-two_pi) * (dw_over_c[r] * step)
-            pr, pi = math.cos(a0), math.sin(a0)
-            sr, si = math.cos(da), math.sin(da)
+        if not rotate:
+            for c in range(n_freqs):
+                cd = chan_dst[c]
+                for p in range(n_pols):
+                    v = vis[r, c, pols[p]]
+                    out[r, cd, p] = complex(v.real, sign * v.imag)
+            continue
+        if not recurrence:
+            for c in range(n_freqs):
+                _exact_channel(vis, out, r, c, chan_dst[c], d, freq_hz[c], pols, sign, formula)
+            continue
+        bound = _row_phasors(d, freq_hz, phasor_re, phasor_im)
         for c in range(n_freqs):
-            if rotate and not recurrence:
-                a = (-two_pi) * (dw_over_c[r] * freq_hz[c])
-                pr, pi = math.cos(a), math.sin(a)
+            pr, pi = phasor_re[c], phasor_im[c]
             cd = chan_dst[c]
+            near = False
             for p in range(n_pols):
                 v = vis[r, c, pols[p]]
-                if rotate:
-                    x = v.real * pr - v.imag * pi
-                    y = v.real * pi + v.imag * pr
-                    out[r, cd, p] = complex(x, sign * y)
-                else:
-                    out[r, cd, p] = complex(v.real, sign * v.imag)
-            if rotate and recurrence:
-                pr, pi = pr * sr - pi * si, pr * si + pi * sr
+                x = v.real * pr - v.imag * pi
+                y = v.real * pi + v.imag * pr
+                out[r, cd, p] = complex(x, sign * y)
+                near |= _near_rounding_boundary(x, y, abs(v.real) + abs(v.imag), bound)
+            if near:
+                _exact_channel(vis, out, r, c, cd, d, freq_hz[c], pols, sign, formula)
+                exact += 1
+    return exact
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _four_kept_rows(vis_flat, out_flat, dw_over_c, freq_hz, chan_dst, formula):
+    """:func:`_data_kernel` with recurrence for rows of 4 polarizations in the file's order, none conjugated.
+
+    The DSA-110 case, written for the compiler: flat rows of real and
+    imaginary parts, unsigned indices (no negative-index checks), a fixed
+    count of 4 polarizations, and each row in three passes over buffers of
+    its own (no possible aliasing with the input): the products in float64;
+    the test for rounding boundaries (:func:`_near_rounding_boundary`) in
+    one flat loop the compiler vectorizes, with the channels it finds
+    recomputed exactly; the rounding to float32 into the MS channel order.
+    """
+    n = vis_flat.shape[0]
+    n_freqs = freq_hz.size
+    phasor_re = np.empty(n_freqs)
+    phasor_im = np.empty(n_freqs)
+    # The row's rotated values in float64, the file's channel order, and |re| + |im| of each visibility.
+    row_re, row_im, size = np.empty(4 * n_freqs), np.empty(4 * n_freqs), np.empty(4 * n_freqs)
+    four = np.uint64(4)
+    chan_src = np.empty(n_freqs, dtype=np.uint64)
+    for c in range(n_freqs):
+        chan_src[chan_dst[c]] = c
+    eight = np.uint64(8)
+    exact = 0
+    for r in range(n):
+        bound = _row_phasors(dw_over_c[r], freq_hz, phasor_re, phasor_im)
+        v, o = vis_flat[r], out_flat[r]
+        for c in range(n_freqs):  # read front to back, into the row buffers in MS channel order
+            pr, pi = phasor_re[c], phasor_im[c]
+            s = np.uint64(c) * eight
+            u = np.uint64(chan_dst[c]) * four
+            for p in range(4):
+                a = np.float64(v[s + 2 * p])
+                b = np.float64(v[s + 2 * p + 1])
+                row_re[u + p] = a * pr - b * pi
+                row_im[u + p] = -(a * pi + b * pr)
+                size[u + p] = abs(a) + abs(b)
+        near = False
+        for k in range(4 * n_freqs):
+            x, y = row_re[k], row_im[k]
+            o[2 * k] = x
+            o[2 * k + 1] = y
+            near |= _near_rounding_boundary(x, y, size[k], bound)
+        if not near:
+            continue
+        for m in range(n_freqs):
+            u = np.uint64(m) * four
+            near_c = False
+            for p in range(4):
+                near_c |= _near_rounding_boundary(row_re[u + p], row_im[u + p], size[u + p], bound)
+            if near_c:
+                c = chan_src[m]
+                s, t = np.uint64(c) * eight, np.uint64(m) * eight
+                a_c = (-2 * np.pi) * (dw_over_c[r] * freq_hz[c])
+                er, ei = math.cos(a_c), math.sin(a_c)
+                for p in range(4):
+                    x, y = _product(np.float64(v[s + 2 * p]), np.float64(v[s + 2 * p + 1]), er, ei, formula)
+                    o[t + 2 * p] = x
+                    o[t + 2 * p + 1] = -y
+                exact += 1
+    return exact
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def _exact_channel(vis, out, r, c, cd, dw_over_c, freq, pols, sign, formula):
+    """One channel of one row rotated with its own phasor, exactly as pyuvdata computes it."""
+    a = (-2 * np.pi) * (dw_over_c * freq)
+    pr, pi = math.cos(a), math.sin(a)
+    for p in range(pols.size):
+        v = vis[r, c, pols[p]]
+        x, y = _product(np.float64(v.real), np.float64(v.imag), pr, pi, formula)
+        out[r, cd, p] = complex(x, sign * y)
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_phasors(dw_over_c, freq_hz, phasor_re, phasor_im):
+    """The phasors of one row's channels by recurrence (see :func:`_data_kernel`); returns their error bound.
+
+    The recurrence follows exp(i (a0 + c da)), with a0 and da the arguments
+    of channel 0 and of one channel step as rounded in float64. pyuvdata's
+    argument ``a_c`` differs from ``a0 + c da`` by its own rounding and by
+    the channel's distance from the even grid; that difference ``e_c`` is
+    computed without rounding error of consequence (``a_c - a0`` is exact
+    for arguments within a factor 2, ``c * da`` is split so that its high
+    part is exact) and applied to first order, ``p (1 + i e_c)``: its
+    second-order term, below 1e-18 for the arguments allowed
+    (:func:`_evenly_spaced`), is covered by the bound.
+    """
+    n_freqs = freq_hz.size
+    two_pi = 2 * np.pi
+    a0 = (-two_pi) * (dw_over_c * freq_hz[0])
+    da = (-two_pi) * (dw_over_c * (freq_hz[1] - freq_hz[0])) if n_freqs > 1 else 0.0
+    # Veltkamp's split: da_hi has at most 52 - bits(n_freqs) significant bits, so c * da_hi is exact.
+    split = da * (2.0 ** (_bit_length(n_freqs) + 1) + 1.0)
+    da_hi = split - (split - da)
+    da_lo = da - da_hi
+    # Four interleaved recurrences (channel c from channel c - 4): a quarter of the latency of one.
+    sr, si = math.cos(da), math.sin(da)
+    phasor_re[0], phasor_im[0] = math.cos(a0), math.sin(a0)
+    for c in range(1, min(4, n_freqs)):
+        pr, pi = phasor_re[c - 1], phasor_im[c - 1]
+        phasor_re[c], phasor_im[c] = pr * sr - pi * si, pr * si + pi * sr
+    s2r, s2i = sr * sr - si * si, 2.0 * sr * si
+    s4r, s4i = s2r * s2r - s2i * s2i, 2.0 * s2r * s2i
+    for c in range(4, n_freqs):
+        pr, pi = phasor_re[c - 4], phasor_im[c - 4]
+        phasor_re[c], phasor_im[c] = pr * s4r - pi * s4i, pr * s4i + pi * s4r
+    worst = 0.0
+    for c in range(n_freqs):
+        a_c = (-two_pi) * (dw_over_c * freq_hz[c])
+        e_c = ((a_c - a0) - c * da_hi) - c * da_lo
+        worst = max(worst, abs(e_c))
+        pr, pi = phasor_re[c], phasor_im[c]
+        phasor_re[c] = pr - e_c * pi
+        phasor_im[c] = pi + e_c * pr
+    return _phasor_error_bound(n_freqs, worst)
+
+
+@numba.njit(cache=True, nogil=True)
+def _bit_length(n):
+    bits = 0
+    while n:
+        n >>= 1
+        bits += 1
+    return bits
+
+
+@numba.njit(cache=True, nogil=True)
+def _phasor_error_bound(n_freqs, worst_correction):
+    """A bound, relative to the visibility, on |rotated value by recurrence - by pyuvdata| (float64).
+
+    Each channel is at most n_freqs / 4 + 3 recurrence steps from channel
+    0, each adding at most a few float64 roundings (2.3e-16 each) of phase
+    and modulus and the error of its step phasor (cos and sin to one unit
+    in the last place, squared twice for the four-channel step): 6 units a
+    step per channel is more than that; pyuvdata's cos and sin are within one unit in the last
+    place of exact; the first-order correction leaves its square; the two
+    products and the sum of each rotated value round differently in the
+    two computations (2e-15 covers them). The sum is taken 4 times for
+    safety: the bound only chooses which channels are recomputed exactly,
+    so a loose one costs a little time, never a bit of the result.
+    """
+    eps = 2.3e-16
+    return 4 * ((n_freqs + 2) * 6 * eps + worst_correction * worst_correction) + 2e-15
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _near_rounding_boundary(x, y, size, bound):
+    """Whether float64 values within ``size * bound`` of x or y may round to another float32.
+
+    A float64 rounds to float32 by its low 29 mantissa bits: to the nearer
+    neighbour, so the rounding boundary is where those bits are 2**28. A
+    value ``l`` units of the last place (float64) from it is more than
+    ``l * |x| * 2**-53`` away; so the test ``l * |x| < size * bound * 2**53``
+    is true wherever the boundary is within ``size * bound`` (and at most
+    twice as often). It is also true for any x or y too small for a normal
+    float32 (below 2**-126, where the rounding works otherwise) when
+    ``size >= 1e-30``, since ``bound >= 2e-15``; smaller nonzero sizes
+    (never seen in visibilities) count as near.
+    """
+    limit = size * bound * 9007199254740992.0  # 2**53
+    lx = abs((np.float64(x).view(np.int64) & 0x1FFFFFFF) - 0x10000000)
+    ly = abs((np.float64(y).view(np.int64) & 0x1FFFFFFF) - 0x10000000)
+    return (lx * abs(x) < limit) | (ly * abs(y) < limit) | ((size < 1e-30) & (size != 0))
 
 
 @numba.njit(cache=True, nogil=True)
@@ -612,13 +878,21 @@ def _is_identity(index):
 
 
 def _evenly_spaced(freq_hz: np.ndarray, dw_over_c: np.ndarray | None) -> bool:
-    """Whether the phasor recurrence is exact to 1e-9 rad: channels evenly spaced to that phase.
+    """Whether :func:`_data_kernel` may take phasors by recurrence (else one cos and sin per channel).
 
-    The recurrence takes channel c at ``f0 + c * step``; the phase error of a
-    channel off that grid is 2 pi |dw / c| times the offset.
+    The recurrence follows the grid ``f0 + c * step``; its first-order
+    correction (:func:`_row_phasors`) is kept below 1e-9 rad, so a channel
+    may be off the grid by at most a phase of 2 pi |dw / c| times the
+    offset = 1e-9. The frequencies must also be positive and within a factor
+    1.5 of each other, so that the difference of two channels' arguments
+    is exact in float64. Every DSA-110 subband qualifies (48 channels of
+    244 kHz near 1.4 GHz, evenly spaced).
     """
     if freq_hz.size < 2 or dw_over_c is None or dw_over_c.size == 0:
         return True
+    lo, hi = float(np.min(freq_hz)), float(np.max(freq_hz))
+    if not (lo > 0 and hi < 1.5 * lo):
+        return False
     grid = freq_hz[0] + np.arange(freq_hz.size) * (freq_hz[1] - freq_hz[0])
     worst_phase = 2 * np.pi * float(np.max(np.abs(dw_over_c))) * float(np.max(np.abs(freq_hz - grid)))
     return worst_phase < 1e-9
@@ -704,8 +978,8 @@ def _pack_flags(flags, bits):
 
 
 @numba.njit(cache=True, nogil=True)
-def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, weights,
-                  dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj, identity):
+def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, weights, vis_flat, data_flat,
+                  dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj, identity, formula):
     """A block of file rows as DATA, FLAG (packed), WEIGHT_SPECTRUM and WEIGHT, in one call without the GIL.
 
     One call per block, so that the thread running it (:func:`_write_spectra`)
@@ -720,7 +994,8 @@ def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, 
     lo, hi, valid = _sample_range(nsamples)
     if not valid:
         return False
-    _data_kernel(vis, data, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj)
+    _data_kernel(vis, data, vis_flat, data_flat, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src,
+                 pol_src_conj, formula)
     if identity:
         _pack_flags(flags, flag_bits)
         _band_weights(nsamples, lo, hi, pol_src, weights)
@@ -786,6 +1061,7 @@ class _VisibilityWriter:
         # The first factor of pyuvdata's product (dw * (1/c)) * nu, per row.
         self.dw_over_c = plan.delta_w_m * (1.0 / _C_M_S) if self.rotate else np.zeros(n_rows)
         self.recurrence = _evenly_spaced(plan.freq_hz, self.dw_over_c if self.rotate else None)
+        self.formula = numpy_product_formula() if self.rotate else 0
         self.weights = np.empty((n_rows, n_pols), dtype=np.float32)
 
     def write(self, table: mswrite.MainTable, start: int, vis: np.ndarray, flags: np.ndarray,
@@ -804,11 +1080,18 @@ class _VisibilityWriter:
         data, bits = self.data[turn][:n], self.flag_bits[turn][:n]
         flags_ms, nsamples_ms = self.flags[turn][: 0 if m.identity else n], self.nsamples[turn][: 0 if m.identity else n]
         valid = _block_kernel(vis, flags, nsamples, data, bits, flags_ms, nsamples_ms, self.weights[rows],
+                              _flat(vis), _flat(data),
                               self.dw_over_c[rows], self.plan.freq_hz, self.rotate, self.recurrence,
-                              self.plan.conj_rows[rows], m.chan_dst, m.pol_src, m.pol_src_conj, m.identity)
+                              self.plan.conj_rows[rows], m.chan_dst, m.pol_src, m.pol_src_conj, m.identity,
+                              self.formula)
         if not valid:
             raise _InvalidSampleCounts(f"rows {start}-{start + n}")
         table.put_spectra(start, data, bits, nsamples if m.identity else nsamples_ms)
+
+
+def _flat(a: np.ndarray) -> np.ndarray:
+    """Rows of complex values as rows of their real and imaginary parts in turn (the same memory)."""
+    return a.reshape(a.shape[0], -1).view(a.real.dtype)
 
 
 class _InvalidSampleCounts(Exception):
