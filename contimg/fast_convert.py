@@ -646,7 +646,6 @@ def _data_kernel(vis, out, vis_flat, out_flat, dw_over_c, freq_hz, rotate, recur
         Channels (of a row) recomputed with exact phasors.
     """
     n, n_freqs, n_pols = vis.shape
-    two_pi = 2 * np.pi
     phasor_re = np.empty(n_freqs)
     phasor_im = np.empty(n_freqs)
     if rotate and recurrence and n_pols == 4 and _is_identity(pol_src) and not conj.any():
