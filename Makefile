@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup demo test test-fast test-long redis wsclean aoflagger clean
+.PHONY: setup demo test test-fast test-long redis wsclean aoflagger chromium clean
 
 setup: $(VENV)/.installed redis wsclean aoflagger
 
@@ -34,10 +34,16 @@ aoflagger:
 	  echo "installing aoflagger with apt"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq aoflagger >/dev/null; }
 
+# chromium (the tests that open the weblog in a headless browser) from Debian's packages when it is missing
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium with apt"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
 demo: setup
 	$(VENV)/bin/contimg demo --dir demo
 
-test: setup
+test: setup chromium
 	$(PY) -m pytest -ra --durations=30 -m "not long"
 
 # the tests marked long (tens of minutes: 20 CASA-imaged epochs of the survey)
