@@ -126,6 +126,9 @@ class PipelineConfig:
     file and sleeps ``noop_seconds``, to measure orchestration overhead and to rehearse faults."""
     noop_seconds: float = 0.0
     """Seconds each no-op subband stage sleeps (``stage_set = "noop"`` only)."""
+    night_mosaics: bool = True
+    """Mosaic the nights of a run once all its blocks have ended (a task on the first imaging
+    node; ``contimg mosaic --night`` does it by hand). Science stage set only."""
 
 
 @dataclass

@@ -228,6 +228,10 @@ class Dispatcher:
             return []
         self._notified_at = now
         events = []
+        try:
+            events += self.request_night_mosaics()
+        except Exception:
+            log.exception("night mosaic pass failed; dispatching goes on")
         try:  # weblogs first: the notifications link to them
             from .weblog import render_finished_runs
 
@@ -241,6 +245,30 @@ class Dispatcher:
         except Exception:
             log.exception("notification pass failed (the products database?); dispatching goes on")
             return events
+
+    def request_night_mosaics(self) -> list[str]:
+        """Send the night mosaics of every run that just ended to the first imaging node with a worker.
+
+        Once per run: the run's ``night_mosaics`` product is recorded as queued
+        before the task is sent (:mod:`contimg.strips`), and the task records
+        the outcome.
+        """
+        from .strips import mark_requested, runs_wanting_mosaics
+
+        runs = runs_wanting_mosaics(self.cfg)
+        if not runs:
+            return []
+        nodes = self.cfg.imaging_nodes()
+        live = [n for n in nodes if self._live is None or n.name in self._live]
+        node = (live or nodes)[0]
+        events = []
+        for run in runs:
+            dates = mark_requested(self.cfg, run)
+            with results_not_followed(self._app()):
+                self._app().send_task("contimg.mosaic_nights", args=[run["run_id"], dates], queue=node.queue,
+                                      ignore_result=True)
+            events.append(f"night mosaics of run {run['run_id']} ({', '.join(dates)}) sent to {node.name}")
+        return events
 
     def _app(self):
         from .tasks.app import app
@@ -364,10 +392,45 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
         if not open_ids:
             if finish and isinstance(dispatcher, Dispatcher):  # the last blocks' run and night, before this process ends
                 dispatcher.notify(force=True)
+                _wait_for_night_mosaics(cfg, block_ids, progress)
             return db.blocks(url, block_ids)
         if timeout_s is not None and time.monotonic() - t0 > timeout_s:
             raise TimeoutError(f"blocks still open after {timeout_s:.0f} s: {', '.join(open_ids)}")
         dispatcher.idle(poll_s)
+
+
+def _wait_for_night_mosaics(cfg: Config, block_ids: list[str], progress: ProgressFn | None) -> None:
+    """Wait until the night mosaics requested for the runs of ``block_ids`` are recorded.
+
+    So that ``contimg run`` and the demo end with them (their workers stop
+    when this returns). Gives up, saying so, after the task time limit: the
+    task may still finish on a cluster that stays up.
+    """
+    from .strips import RUN_PRODUCT, mosaics_pending
+
+    wanted = set(block_ids)
+    run_ids = [r["run_id"] for r in db.runs(cfg.database_url) if wanted & set(r["block_ids"] or [])]
+    pending = mosaics_pending(cfg, run_ids)
+    if not pending:
+        return
+    if progress:
+        progress(f"night mosaics of run {', '.join(pending)}: being made")
+    t0, limit = time.monotonic(), cfg.broker.task_time_limit_s + 60
+    while pending and time.monotonic() - t0 < limit:
+        time.sleep(0.5)
+        pending = mosaics_pending(cfg, pending)
+    if progress:
+        for run_id in run_ids:
+            for p in db.run_products(cfg.database_url, run_id):
+                if p["kind"] == RUN_PRODUCT and p["block_id"] == "":
+                    d = p["details"]
+                    n = sum(len(v) for v in (d.get("nights") or {}).values())
+                    errors = "; ".join(f"{k}: {v}" for k, v in (d.get("errors") or {}).items())
+                    progress(f"night mosaics of run {run_id}: {d.get('state')}, {n} mosaic(s) in {p['path']}"
+                             + (f" ({errors})" if errors else ""))
+    if pending:
+        log.warning("night mosaics of run %s not recorded after %.0f s; the task may still finish",
+                    ", ".join(pending), limit)
 
 
 STAGES = ("convert_s", "flag_s", "calibrate_s", "concat_s", "image_s")

@@ -12,6 +12,7 @@ and ``contimg catalogue build`` takes them.
 
 from __future__ import annotations
 
+from datetime import datetime
 from pathlib import Path
 
 from . import database as db
@@ -68,3 +69,75 @@ def night_mosaics(cfg: Config, date: str, *, png: bool = True) -> list[dict]:
                           png=png)
         results.append(res.as_dict())
     return results
+
+
+# -- the mosaics of a run's nights, made once all its blocks have ended -----------------
+
+RUN_PRODUCT = "night_mosaics"
+"""Run-level product (block ``""``) that records a run's night mosaics: ``details["state"]`` is
+``queued`` (requested), ``done`` (``details["nights"]``: date -> mosaic ids) or ``failed``."""
+
+
+def runs_wanting_mosaics(cfg: Config) -> list[dict]:
+    """Runs whose blocks have all ended, with at least one done, and whose night mosaics were never requested."""
+    if not cfg.pipeline.night_mosaics or cfg.pipeline.stage_set != "science":
+        return []
+    out = []
+    for run in db.runs(cfg.database_url, without_product=RUN_PRODUCT):
+        states = set(run["states"])
+        if run["block_ids"] and states <= {db.DONE, db.FAILED} and db.DONE in states:
+            out.append(run)
+    return out
+
+
+def mark_requested(cfg: Config, run: dict) -> list[str]:
+    """Record that the night mosaics of ``run`` are on their way; returns the nights (UTC dates)."""
+    dates = sorted({b[:10] for b in run["block_ids"]})
+    db.record_run_product(cfg.database_url, run["run_id"], "", RUN_PRODUCT,
+                          Path(cfg.paths.products_root) / "mosaics", state="queued", dates=dates)
+    return dates
+
+
+def mosaic_run_nights(cfg: Config, run_id: str, dates: list[str]) -> dict:
+    """Mosaic every night of a run, record the result as the run's product and rewrite the nights' weblogs.
+
+    Each night is mosaicked whole (every imaged block of the date, of any
+    run), so a night made of several runs ends with the mosaics of all of
+    them; the mosaics are written atomically, so doing it twice is harmless.
+    A night that fails is recorded with its reason and the others go on.
+
+    Returns
+    -------
+    dict
+        ``state`` (``done`` when every night was mosaicked, else ``failed``),
+        ``nights`` (date -> list of mosaic ids) and ``errors`` (date -> reason).
+    """
+    from . import weblog
+
+    nights: dict[str, list[str]] = {}
+    errors: dict[str, str] = {}
+    for date in dates:
+        try:
+            datetime.strptime(date, "%Y-%m-%d")  # checked before any path is made of it
+            nights[date] = [r["mosaic_id"] for r in night_mosaics(cfg, date)]
+        except Exception as e:  # one night's fault must not lose the others'
+            errors[date] = f"{type(e).__name__}: {e}"
+            continue
+        try:
+            weblog.render_night(cfg, date)
+        except Exception as e:
+            errors[date] = f"mosaics made; night weblog not rewritten: {type(e).__name__}: {e}"
+    state = "failed" if errors else "done"
+    db.record_run_product(cfg.database_url, run_id, "", RUN_PRODUCT, Path(cfg.paths.products_root) / "mosaics",
+                          state=state, dates=list(dates), nights=nights, errors=errors)
+    return {"state": state, "nights": nights, "errors": errors}
+
+
+def mosaics_pending(cfg: Config, run_ids: list[str]) -> list[str]:
+    """The runs among ``run_ids`` whose night mosaics were requested and are not recorded yet."""
+    pending = []
+    for run_id in run_ids:
+        for p in db.run_products(cfg.database_url, run_id):
+            if p["kind"] == RUN_PRODUCT and p["block_id"] == "" and p["details"].get("state") == "queued":
+                pending.append(run_id)
+    return pending

@@ -51,3 +51,62 @@ def test_night_mosaics_per_strip(tmp_path, monkeypatch, capsys):
 
     assert main(["mosaic", "--night", "2025-10-06"]) == 1
     assert "no imaged blocks recorded for 2025-10-06" in capsys.readouterr().err
+
+
+def test_night_mosaics_made_when_a_run_ends(tmp_path):
+    """The dispatcher sends a finished run's night mosaics to an imaging node, once; a real worker makes them.
+
+    Real redis-server and worker processes (LocalCluster). A recorded run of
+    four done blocks (the synthetic dec 54.6 strip): the dispatcher's
+    finishing pass records the run's ``night_mosaics`` product as queued and
+    sends the task; the worker writes the mosaic (image, noise, weight, PNG),
+    records the product as done with the mosaic id and rewrites the night's
+    weblog with a Mosaics section. A second pass sends nothing. A run whose
+    blocks all failed, and the no-op stage set, ask for no mosaics.
+    """
+    import time
+
+    from contimg import products, strips
+    from contimg.cluster import LocalCluster
+    from contimg.pipeline import Dispatcher
+    from contimg.submission import new_run_id
+
+    cfg = make_config(tmp_path, tmp_path / "data", dispatch__node_check_s=0)
+    url = cfg.database_url
+    spec = StripSpec(dec_deg=54.6, n_blocks=4, npix=96)
+    ids = []
+    for i, (img, pb) in enumerate(write_strip(spec, tmp_path / "products" / "blocks", [], [], [], seed=3)):
+        bid = spec.block_id(i)
+        ids.append(bid)
+        db.upsert_block(url, bid, state="done", data_dir=str(tmp_path))
+        db.record_product(url, bid, "image_fits", img)
+        db.record_product(url, bid, "pb_fits", pb)
+    run_id = new_run_id("night")
+    db.create_run(url, run_id, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
+                  block_ids=ids)
+    failed_run = new_run_id("night")
+    db.upsert_block(url, "2025-10-05T09:00:00", state="failed", data_dir=str(tmp_path), reason="test")
+    db.create_run(url, failed_run, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
+                  block_ids=["2025-10-05T09:00:00"])
+    noop = make_config(tmp_path, tmp_path / "data", stage_set="noop")
+    assert strips.runs_wanting_mosaics(noop) == []
+
+    with LocalCluster(cfg, tmp_path / "cluster") as cl:
+        disp = Dispatcher(cl.config)
+        events = disp.notify(force=True)
+        assert [e for e in events if "night mosaics" in e] == [
+            f"night mosaics of run {run_id} (2025-10-05) sent to node1"], events
+        assert strips.mosaics_pending(cl.config, [run_id, failed_run]) == [run_id]
+        assert not [e for e in disp.notify(force=True) if "night mosaics" in e]  # once per run
+        t0 = time.monotonic()
+        while strips.mosaics_pending(cl.config, [run_id]) and time.monotonic() - t0 < 120:
+            time.sleep(0.5)
+    (p,) = [p for p in db.run_products(url, run_id) if p["kind"] == strips.RUN_PRODUCT]
+    assert p["details"]["state"] == "done", p["details"]
+    (mosaic,) = p["details"]["nights"]["2025-10-05"]
+    made = products.mosaic_products(cfg.paths.products_root, mosaic)
+    assert mosaic.startswith("dec+54.60_") and made.directory.is_dir()
+    assert {f.suffix for f in made.directory.iterdir()} >= {".fits", ".png"}
+    night_page = products.night_weblog(cfg.paths.products_root, "2025-10-05").read_text()
+    assert "Mosaics" in night_page and mosaic in night_page
+    assert not [p for p in db.run_products(url, failed_run) if p["kind"] == strips.RUN_PRODUCT]

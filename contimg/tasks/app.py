@@ -23,7 +23,7 @@ from .backend import backend_url
 
 log = logging.getLogger(__name__)
 
-app = Celery("contimg", include=["contimg.tasks.subband", "contimg.tasks.block"])
+app = Celery("contimg", include=["contimg.tasks.subband", "contimg.tasks.block", "contimg.tasks.night"])
 _current: _config.Config | None = None
 _queue = None
 
