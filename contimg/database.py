@@ -777,6 +777,14 @@ def record_run_product(url: str, run_id: str, block_id: str, kind: str, path: st
         row.path, row.size_bytes, row.details = str(p), _size(p), details
 
 
+def forget_run_product(url: str, run_id: str, block_id: str, kind: str) -> None:
+    """Remove one product record of a run (the files are not touched); nothing if there is none."""
+    with session(url) as s:
+        row = s.get(RunProductRow, (run_id, block_id, kind))
+        if row is not None:
+            s.delete(row)
+
+
 def run_products(url: str, run_id: str) -> list[dict[str, Any]]:
     with session(url) as s:
         q = select(RunProductRow).where(RunProductRow.run_id == run_id).order_by(RunProductRow.block_id,

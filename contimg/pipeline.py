@@ -251,22 +251,29 @@ class Dispatcher:
 
         Once per run: the run's ``night_mosaics`` product is recorded as queued
         before the task is sent (:mod:`contimg.strips`), and the task records
-        the outcome.
+        the outcome. A send that fails (broker down) is not retried here: the
+        mark is taken back and the next pass asks again.
         """
-        from .strips import mark_requested, runs_wanting_mosaics
+        from .strips import mark_requested, runs_wanting_mosaics, unmark_requested
+        from .tasks.app import configure
 
         runs = runs_wanting_mosaics(self.cfg)
         if not runs:
             return []
+        app = configure(self.cfg)
         nodes = self.cfg.imaging_nodes()
         live = [n for n in nodes if self._live is None or n.name in self._live]
         node = (live or nodes)[0]
         events = []
         for run in runs:
             dates = mark_requested(self.cfg, run)
-            with results_not_followed(self._app()):
-                self._app().send_task("contimg.mosaic_nights", args=[run["run_id"], dates], queue=node.queue,
-                                      ignore_result=True)
+            try:
+                with results_not_followed(app):
+                    app.send_task("contimg.mosaic_nights", args=[run["run_id"], dates], queue=node.queue,
+                                  ignore_result=True, retry=False)
+            except BaseException:
+                unmark_requested(self.cfg, run["run_id"])
+                raise
             events.append(f"night mosaics of run {run['run_id']} ({', '.join(dates)}) sent to {node.name}")
         return events
 

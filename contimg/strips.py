@@ -98,6 +98,11 @@ def mark_requested(cfg: Config, run: dict) -> list[str]:
     return dates
 
 
+def unmark_requested(cfg: Config, run_id: str) -> None:
+    """Undo :func:`mark_requested` (the task could not be sent): the next pass asks again."""
+    db.forget_run_product(cfg.database_url, run_id, "", RUN_PRODUCT)
+
+
 def mosaic_run_nights(cfg: Config, run_id: str, dates: list[str]) -> dict:
     """Mosaic every night of a run, record the result as the run's product and rewrite the nights' weblogs.
 

@@ -110,3 +110,25 @@ def test_night_mosaics_made_when_a_run_ends(tmp_path):
     night_page = products.night_weblog(cfg.paths.products_root, "2025-10-05").read_text()
     assert "Mosaics" in night_page and mosaic in night_page
     assert not [p for p in db.run_products(url, failed_run) if p["kind"] == strips.RUN_PRODUCT]
+
+
+def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog):
+    """A broker that cannot be reached: the send fails fast, the mark is taken back, the error logged."""
+    import logging
+
+    from contimg import strips
+    from contimg.pipeline import Dispatcher
+    from contimg.submission import new_run_id
+
+    cfg = make_config(tmp_path, tmp_path / "data", broker__url="redis://127.0.0.1:1/0", dispatch__node_check_s=0)
+    url = cfg.database_url
+    db.upsert_block(url, "2025-10-05T03:00:00", state="done", data_dir=str(tmp_path))
+    run_id = new_run_id("night")
+    db.create_run(url, run_id, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
+                  block_ids=["2025-10-05T03:00:00"])
+    with caplog.at_level(logging.ERROR, logger="contimg.pipeline"):
+        events = Dispatcher(cfg).notify(force=True)
+    assert not [e for e in events if "night mosaics" in e]
+    assert any("night mosaic pass failed" in r.getMessage() for r in caplog.records)
+    assert not [p for p in db.run_products(url, run_id) if p["kind"] == strips.RUN_PRODUCT]
+    assert [r["run_id"] for r in strips.runs_wanting_mosaics(cfg)] == [run_id]  # asked again next pass
