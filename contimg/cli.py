@@ -353,6 +353,9 @@ def cmd_runs(args) -> int:
     rows = db.runs(cfg.database_url, args.run)
     if args.run and not rows:
         raise KeyError(f"unknown run id {args.run}; `contimg runs` lists the runs")
+    if args.run:  # one run: also its run-level products (weblog, night mosaics)
+        rows[0]["products"] = [{k: p[k] for k in ("kind", "path", "details")}
+                               for p in db.run_products(cfg.database_url, args.run) if p["block_id"] == ""]
     if args.json:
         _print_json(rows)
         return EXIT_OK
@@ -362,6 +365,11 @@ def cmd_runs(args) -> int:
         states = ", ".join(f"{k} {v}" for k, v in sorted(r["states"].items()))
         print(f"{r['run_id']}  {r['kind']:<9} {len(r['block_ids']):>4} blocks  by {r['submitted_by']} "
               f"at {r['submitted_at']}  [{states}]")
+        for p in r.get("products", []):
+            state = p["details"].get("state")
+            nights = p["details"].get("nights") or {}
+            made = "; ".join(f"{d}: {', '.join(ids) or 'none'}" for d, ids in sorted(nights.items()))
+            print(f"    {p['kind']}: {p['path']}" + (f" [{state}]" if state else "") + (f" {made}" if made else ""))
     return EXIT_OK
 
 

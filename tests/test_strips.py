@@ -110,6 +110,19 @@ def test_night_mosaics_made_when_a_run_ends(tmp_path):
     night_page = products.night_weblog(cfg.paths.products_root, "2025-10-05").read_text()
     assert "Mosaics" in night_page and mosaic in night_page
     assert not [p for p in db.run_products(url, failed_run) if p["kind"] == strips.RUN_PRODUCT]
+    # `contimg runs ID` shows it, and its --json has it
+    import subprocess
+    import sys
+
+    env = {"CONTIMG_PATHS__PRODUCTS_ROOT": str(cfg.paths.products_root),
+           "CONTIMG_PATHS__DATA_ROOT": str(cfg.paths.data_root), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-m", "contimg.cli", "runs", run_id], capture_output=True, text=True,
+                         env=env, check=True).stdout
+    assert f"night_mosaics: {tmp_path / 'products' / 'mosaics'} [done] 2025-10-05: {mosaic}" in out, out
+    out = subprocess.run([sys.executable, "-m", "contimg.cli", "runs", run_id, "--json"], capture_output=True,
+                         text=True, env=env, check=True).stdout
+    (shown,) = [p for p in json.loads(out)[0]["products"] if p["kind"] == strips.RUN_PRODUCT]
+    assert shown["details"]["nights"] == {"2025-10-05": [mosaic]}
 
 
 def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog):
