@@ -1029,8 +1029,11 @@ def _write_ms_atomically(uvd, data: _Data, plan: _Plan, src: Path, ms_path: Path
     """
 
     def write(tmp: Path) -> dict[str, float]:
-        _write_ms(uvd, data, plan, src, tmp)
-        return _check_written_ms(tmp, uvd, final=ms_path)
+        # The independent UVW recomputation does not need the MS: it runs while the
+        # spectra are still being written (this thread would only wait meanwhile).
+        recomputed = {}
+        _write_ms(uvd, data, plan, src, tmp, meanwhile=lambda: recomputed.update(uvw=_uvw_recomputation(uvd)))
+        return _check_written_ms(tmp, uvd, final=ms_path, recomputed=recomputed["uvw"])
 
     return convert.atomic_ms(uvd, ms_path, write)
 
@@ -1097,13 +1100,14 @@ class _InvalidSampleCounts(Exception):
     """The file has sample counts below zero or not finite (see ``convert._repair_nsamples``)."""
 
 
-def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
+def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path, meanwhile=lambda: None) -> None:
     """Write the main table, then the subtables, as pyuvdata's ``write_ms`` does.
 
     When the big columns are written directly (:class:`mswrite.MainTable`),
     a second thread reads, turns and writes them (the numba kernels and the
     writes release the GIL) while this one writes the other columns and the
-    subtables through casacore; otherwise one after the other.
+    subtables through casacore, then calls ``meanwhile()``; otherwise one
+    after the other.
     """
     n_rows, n_freqs, n_pols = int(uvd.Nblts), int(uvd.Nfreqs), int(uvd.Npols)
     if uvd.scan_number_array is None:
@@ -1120,6 +1124,7 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
                     _write_other_columns(table.open(), uvd)
                     table.close_table()
                     _write_subtables(uvd, plan, path)
+                    meanwhile()
                 except BaseException:
                     stop.set()
                     raise
@@ -1129,6 +1134,7 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path) -> None:
             _write_other_columns(table.open(), uvd)
             table.close_table()
             _write_subtables(uvd, plan, path)
+            meanwhile()
         table.finish()
     except BaseException:
         stop.set()
@@ -1216,7 +1222,14 @@ def _write_subtables(uvd, plan: _Plan, path: Path) -> None:
         ms_utils.write_ms_spectral_window(target, uvobj=uvd)
 
 
-def _check_written_ms(ms: Path, uvd, *, final: Path) -> dict[str, float]:
+def _uvw_recomputation(uvd) -> dict[str, float]:
+    """:func:`phasing.uvw_check` of ``uvd``'s UVWs at the rows of its first and last time (see :func:`_check_written_ms`)."""
+    times = uvd.time_array
+    sample = np.flatnonzero((times == times.min()) | (times == times.max()))
+    return phasing.uvw_check(uvd, rows=sample)
+
+
+def _check_written_ms(ms: Path, uvd, *, final: Path, recomputed: dict[str, float] | None = None) -> dict[str, float]:
     """Read the written rows' antennas and UVWs back and check them.
 
     Checked:
@@ -1257,7 +1270,6 @@ def _check_written_ms(ms: Path, uvd, *, final: Path) -> dict[str, float]:
     if not np.array_equal(uvw, -uvd.uvw_array):
         raise RuntimeError(f"the MS written for {final} does not hold the UVWs of its rows")
     # The UVWs read back are uvd's (just checked): those of the sample rows
-    # are compared with pyuvdata's recomputation.
-    times = uvd.time_array
-    sample = np.flatnonzero((times == times.min()) | (times == times.max()))
-    return phasing.uvw_check(uvd, rows=sample)
+    # are compared with pyuvdata's recomputation (``recomputed``, when it was
+    # made while the MS was being written).
+    return recomputed if recomputed is not None else _uvw_recomputation(uvd)
