@@ -613,8 +613,9 @@ def _data_kernel(vis, out, vis_flat, out_flat, dw_over_c, freq_hz, rotate, recur
     float64 product is within ``(|re| + |im|) * delta`` of pyuvdata's; a
     channel where that interval holds a float32 rounding boundary for some
     product (:func:`_near_rounding_boundary`; ~1e-3 of the channels) is
-    recomputed with the exact phasor. Either way the complex64 values are
-    the ones pyuvdata writes.
+    recomputed with the exact phasor, multiplied as numpy multiplies on
+    this machine (``formula``, :func:`_product`). Either way the complex64
+    values are the ones pyuvdata writes.
 
     Then, as pyuvdata's ``conjugate_bls("ant1<ant2")`` and ``write_ms``
     (``flip_conj``) do: a row kept is conjugated; a row stored ant2 < ant1 is
@@ -639,6 +640,8 @@ def _data_kernel(vis, out, vis_flat, out_flat, dw_over_c, freq_hz, rotate, recur
         Rows stored ant1 > ant2.
     chan_dst, pol_src, pol_src_conj : ndarray of int64
         See :class:`_RowMap`.
+    formula : int
+        :func:`numpy_product_formula`.
 
     Returns
     -------
@@ -814,16 +817,17 @@ def _bit_length(n):
 def _phasor_error_bound(n_freqs, worst_correction):
     """A bound, relative to the visibility, on |rotated value by recurrence - by pyuvdata| (float64).
 
-    Each channel is at most n_freqs / 4 + 3 recurrence steps from channel
-    0, each adding at most a few float64 roundings (2.3e-16 each) of phase
-    and modulus and the error of its step phasor (cos and sin to one unit
-    in the last place, squared twice for the four-channel step): 6 units a
-    step per channel is more than that; pyuvdata's cos and sin are within one unit in the last
-    place of exact; the first-order correction leaves its square; the two
-    products and the sum of each rotated value round differently in the
-    two computations (2e-15 covers them). The sum is taken 4 times for
-    safety: the bound only chooses which channels are recomputed exactly,
-    so a loose one costs a little time, never a bit of the result.
+    Channel c is reached in at most 3 steps of one channel and c / 4 steps
+    of four (:func:`_row_phasors`). A step of four carries the error of its
+    phasor (cos and sin of one step to one unit in the last place, squared
+    twice: ~10 units) and its own roundings (~3 units); a step of one ~4
+    units. ``(n_freqs + 2) * 6`` units of 2.3e-16 is more than either sum.
+    To that: pyuvdata's own cos and sin (one unit each), the square of the
+    first-order correction, and the products and sum of each rotated value,
+    rounded differently in the two computations (2e-15 covers them). The
+    sum is taken 4 times for safety: the bound only chooses which channels
+    are recomputed exactly, so a loose one costs a little time, never a bit
+    of the result.
     """
     eps = 2.3e-16
     return 4 * ((n_freqs + 2) * 6 * eps + worst_correction * worst_correction) + 2e-15
