@@ -12,7 +12,7 @@ and ``contimg catalogue build`` takes them.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from . import database as db
@@ -78,14 +78,22 @@ RUN_PRODUCT = "night_mosaics"
 ``queued`` (requested), ``done`` (``details["nights"]``: date -> mosaic ids) or ``failed``."""
 
 
-def runs_wanting_mosaics(cfg: Config) -> list[dict]:
-    """Runs whose blocks have all ended, with at least one done, and whose night mosaics were never requested."""
+RECENT_DAYS = 7
+"""Only runs submitted this recently are mosaicked on their own: a products database that
+predates the feature does not send a season of mosaics at once (``contimg mosaic --night``
+does older nights)."""
+
+
+def runs_wanting_mosaics(cfg: Config, now: datetime | None = None) -> list[dict]:
+    """Recent runs whose blocks have all ended, one at least done, and whose night mosaics were never requested."""
     if not cfg.pipeline.night_mosaics or cfg.pipeline.stage_set != "science":
         return []
+    since = (now or db.utcnow()) - timedelta(days=RECENT_DAYS)
     out = []
     for run in db.runs(cfg.database_url, without_product=RUN_PRODUCT):
         states = set(run["states"])
-        if run["block_ids"] and states <= {db.DONE, db.FAILED} and db.DONE in states:
+        recent = run["submitted_at"] is not None and db.parse_iso(run["submitted_at"]) >= since
+        if recent and run["block_ids"] and states <= {db.DONE, db.FAILED} and db.DONE in states:
             out.append(run)
     return out
 

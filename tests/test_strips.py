@@ -65,6 +65,7 @@ def test_night_mosaics_made_when_a_run_ends(tmp_path):
     blocks all failed, and the no-op stage set, ask for no mosaics.
     """
     import time
+    from datetime import timedelta
 
     from contimg import products, strips
     from contimg.cluster import LocalCluster
@@ -90,6 +91,10 @@ def test_night_mosaics_made_when_a_run_ends(tmp_path):
                   block_ids=["2025-10-05T09:00:00"])
     noop = make_config(tmp_path, tmp_path / "data", stage_set="noop")
     assert strips.runs_wanting_mosaics(noop) == []
+    # a run submitted more than RECENT_DAYS ago is left to `contimg mosaic --night`
+    later = db.utcnow() + timedelta(days=strips.RECENT_DAYS, hours=1)
+    assert strips.runs_wanting_mosaics(cfg, now=later) == []
+    assert [r["run_id"] for r in strips.runs_wanting_mosaics(cfg)] == [run_id]
 
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         disp = Dispatcher(cl.config)
