@@ -127,8 +127,8 @@ class PipelineConfig:
     noop_seconds: float = 0.0
     """Seconds each no-op subband stage sleeps (``stage_set = "noop"`` only)."""
     night_mosaics: bool = True
-    """Mosaic the nights of a run once all its blocks have ended (a task on the first imaging
-    node; ``contimg mosaic --night`` does it by hand). Science stage set only."""
+    """Mosaic each night once it has ended and all its submitted blocks have (a task on the first
+    imaging node; ``contimg mosaic --night`` does it by hand). Science stage set only."""
 
 
 @dataclass

@@ -715,6 +715,69 @@ def night_runs(url: str, date: str) -> list[dict[str, Any]]:
         return [_run_with_blocks(s, r) for r in s.scalars(q)]
 
 
+# -- nightly mosaics ----------------------------------------------------------------------
+
+
+class NightMosaicRow(Base):
+    """The automatic mosaics of one night (UTC date): claimed once, then their outcome (contimg.strips)."""
+
+    __tablename__ = "night_mosaics"
+
+    date: Mapped[str] = mapped_column(String(10), primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    """``queued`` (claimed and sent), ``done`` or ``failed``."""
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow, onupdate=utcnow)
+
+
+def claim_night_mosaics(url: str, date: str) -> bool:
+    """Atomically mark the night's mosaics as requested; False when they already were (by any process)."""
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with session(url) as s:
+            s.add(NightMosaicRow(date=date, state="queued", details={}, updated_at=utcnow()))
+    except IntegrityError:
+        return False
+    return True
+
+
+def record_night_mosaics(url: str, date: str, state: str, **details: Any) -> None:
+    """Store the outcome of a night's mosaics (creates the row if a hand-made request never claimed it)."""
+    with session(url) as s:
+        row = s.get(NightMosaicRow, date)
+        if row is None:
+            row = NightMosaicRow(date=date)
+            s.add(row)
+        row.state, row.details, row.updated_at = state, details, utcnow()
+
+
+def forget_night_mosaics(url: str, date: str) -> None:
+    """Take a claim back (the request could not be sent): the next pass asks again."""
+    with session(url) as s:
+        row = s.get(NightMosaicRow, date)
+        if row is not None:
+            s.delete(row)
+
+
+def night_mosaics(url: str, dates: list[str]) -> dict[str, dict[str, Any]]:
+    """``{date: {"state", "details", "updated_at"}}`` for the dates that have a record."""
+    with session(url) as s:
+        rows = s.scalars(select(NightMosaicRow).where(NightMosaicRow.date.in_(list(dates))))
+        return {r.date: {"state": r.state, "details": r.details or {}, "updated_at": _iso(r.updated_at)}
+                for r in rows}
+
+
+def unmosaicked_nights(url: str) -> list[str]:
+    """UTC dates that hold blocks submitted by a run and whose mosaics were never requested."""
+    from sqlalchemy import exists
+
+    with session(url) as s:
+        claimed = exists().where(NightMosaicRow.date == BlockRow.date)
+        q = select(BlockRow.date).where(BlockRow.run_id.is_not(None), ~claimed).distinct().order_by(BlockRow.date)
+        return list(s.scalars(q))
+
+
 # -- runs' products, QA verdicts and the archive -----------------------------------------
 
 
@@ -775,14 +838,6 @@ def record_run_product(url: str, run_id: str, block_id: str, kind: str, path: st
             row = RunProductRow(run_id=run_id, block_id=block_id, kind=kind)
             s.add(row)
         row.path, row.size_bytes, row.details = str(p), _size(p), details
-
-
-def forget_run_product(url: str, run_id: str, block_id: str, kind: str) -> None:
-    """Remove one product record of a run (the files are not touched); nothing if there is none."""
-    with session(url) as s:
-        row = s.get(RunProductRow, (run_id, block_id, kind))
-        if row is not None:
-            s.delete(row)
 
 
 def run_products(url: str, run_id: str) -> list[dict[str, Any]]:

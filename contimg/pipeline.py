@@ -247,34 +247,36 @@ class Dispatcher:
             return events
 
     def request_night_mosaics(self) -> list[str]:
-        """Send the night mosaics of every run that just ended to the first imaging node with a worker.
+        """Send the mosaics of every night that just finished to the first imaging node with a worker.
 
-        Once per run: the run's ``night_mosaics`` product is recorded as queued
-        before the task is sent (:mod:`contimg.strips`), and the task records
+        Once per night, whichever dispatcher gets there first: the night is
+        claimed in the products database before the task is sent
+        (:func:`contimg.strips.nights_wanting_mosaics`), and the task records
         the outcome. A send that fails (broker down) is not retried here: the
-        mark is taken back and the next pass asks again.
+        claim is taken back and the next pass asks again.
         """
-        from .strips import mark_requested, runs_wanting_mosaics, unmark_requested
+        from .strips import nights_wanting_mosaics
         from .tasks.app import configure
 
-        runs = runs_wanting_mosaics(self.cfg)
-        if not runs:
+        nights = nights_wanting_mosaics(self.cfg)
+        if not nights:
             return []
         app = configure(self.cfg)
         nodes = self.cfg.imaging_nodes()
         live = [n for n in nodes if self._live is None or n.name in self._live]
         node = (live or nodes)[0]
-        events = []
-        for run in runs:
-            dates = mark_requested(self.cfg, run)
+        url, events = self.cfg.database_url, []
+        for date in nights:
+            if not db.claim_night_mosaics(url, date):
+                continue  # another dispatcher has it
             try:
                 with results_not_followed(app):
-                    app.send_task("contimg.mosaic_nights", args=[run["run_id"], dates], queue=node.queue,
-                                  ignore_result=True, retry=False)
+                    app.send_task("contimg.mosaic_night", args=[date], queue=node.queue, ignore_result=True,
+                                  retry=False)
             except BaseException:
-                unmark_requested(self.cfg, run["run_id"])
+                db.forget_night_mosaics(url, date)
                 raise
-            events.append(f"night mosaics of run {run['run_id']} ({', '.join(dates)}) sent to {node.name}")
+            events.append(f"mosaics of night {date} sent to {node.name}")
         return events
 
     def _app(self):
@@ -407,37 +409,33 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
 
 
 def _wait_for_night_mosaics(cfg: Config, block_ids: list[str], progress: ProgressFn | None) -> None:
-    """Wait until the night mosaics requested for the runs of ``block_ids`` are recorded.
+    """Wait until the mosaics requested for the nights of ``block_ids`` are recorded.
 
     So that ``contimg run`` and the demo end with them (their workers stop
     when this returns). Gives up, saying so, after the task time limit: the
     task may still finish on a cluster that stays up.
     """
-    from .strips import RUN_PRODUCT, mosaics_pending
+    from .strips import mosaics_pending
 
-    wanted = set(block_ids)
-    run_ids = [r["run_id"] for r in db.runs(cfg.database_url) if wanted & set(r["block_ids"] or [])]
-    pending = mosaics_pending(cfg, run_ids)
+    dates = sorted({b[:10] for b in block_ids})
+    pending = mosaics_pending(cfg, dates)
     if not pending:
         return
     if progress:
-        progress(f"night mosaics of run {', '.join(pending)}: being made")
+        progress(f"mosaics of night {', '.join(pending)}: being made")
     t0, limit = time.monotonic(), cfg.broker.task_time_limit_s + 60
     while pending and time.monotonic() - t0 < limit:
         time.sleep(0.5)
         pending = mosaics_pending(cfg, pending)
-    if progress:
-        for run_id in run_ids:
-            for p in db.run_products(cfg.database_url, run_id):
-                if p["kind"] == RUN_PRODUCT and p["block_id"] == "":
-                    d = p["details"]
-                    n = sum(len(v) for v in (d.get("nights") or {}).values())
-                    errors = "; ".join(f"{k}: {v}" for k, v in (d.get("errors") or {}).items())
-                    progress(f"night mosaics of run {run_id}: {d.get('state')}, {n} mosaic(s) in {p['path']}"
-                             + (f" ({errors})" if errors else ""))
     if pending:
-        log.warning("night mosaics of run %s not recorded after %.0f s; the task may still finish",
+        log.warning("mosaics of night %s not recorded after %.0f s; the task may still finish",
                     ", ".join(pending), limit)
+    if progress:
+        for date, rec in sorted(db.night_mosaics(cfg.database_url, dates).items()):
+            d = rec["details"]
+            what = (f"{len(d.get('mosaics', []))} mosaic(s) in {d.get('directory')}" if rec["state"] == "done"
+                    else d.get("reason", ""))
+            progress(f"mosaics of night {date}: {rec['state']}, {what}")
 
 
 STAGES = ("convert_s", "flag_s", "calibrate_s", "concat_s", "image_s")

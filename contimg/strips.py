@@ -71,86 +71,74 @@ def night_mosaics(cfg: Config, date: str, *, png: bool = True) -> list[dict]:
     return results
 
 
-# -- the mosaics of a run's nights, made once all its blocks have ended -----------------
-
-RUN_PRODUCT = "night_mosaics"
-"""Run-level product (block ``""``) that records a run's night mosaics: ``details["state"]`` is
-``queued`` (requested), ``done`` (``details["nights"]``: date -> mosaic ids) or ``failed``."""
-
+# -- the mosaics of a night, made once it has ended ------------------------------------
 
 RECENT_DAYS = 7
-"""Only runs submitted this recently are mosaicked on their own: a products database that
-predates the feature does not send a season of mosaics at once (``contimg mosaic --night``
-does older nights)."""
+"""Only nights with a run submitted this recently are mosaicked on their own: a products
+database that predates the feature does not send a season of mosaics at once
+(``contimg mosaic --night`` does older nights)."""
 
 
-def runs_wanting_mosaics(cfg: Config, now: datetime | None = None) -> list[dict]:
-    """Recent runs whose blocks have all ended, one at least done, and whose night mosaics were never requested."""
+def nights_wanting_mosaics(cfg: Config, now: datetime | None = None) -> list[str]:
+    """Nights (UTC dates) to mosaic now: finished, recent, at least one block done, never requested.
+
+    Finished as for the night notifications (:mod:`contimg.notify`): every
+    block of the date that a run submitted is done or failed, and the date
+    has ended. So a night that the incoming-directory watcher submits block
+    by block, one run each, is mosaicked once, after its last block, and
+    not after every run.
+    """
     if not cfg.pipeline.night_mosaics or cfg.pipeline.stage_set != "science":
         return []
-    since = (now or db.utcnow()) - timedelta(days=RECENT_DAYS)
+    url, now = cfg.database_url, now or db.utcnow()
+    since = now - timedelta(days=RECENT_DAYS)
     out = []
-    for run in db.runs(cfg.database_url, without_product=RUN_PRODUCT):
-        states = set(run["states"])
-        recent = run["submitted_at"] is not None and db.parse_iso(run["submitted_at"]) >= since
-        if recent and run["block_ids"] and states <= {db.DONE, db.FAILED} and db.DONE in states:
-            out.append(run)
+    for date in db.unmosaicked_nights(url):
+        try:
+            if now < datetime.strptime(date, "%Y-%m-%d") + timedelta(days=1):
+                continue  # the night is still going on
+        except ValueError:
+            continue
+        runs = db.night_runs(url, date)
+        if not any(r["submitted_at"] and db.parse_iso(r["submitted_at"]) >= since for r in runs):
+            continue
+        states = {b["state"] for r in runs for b in r["blocks"] if b["block_id"][:10] == date}
+        if states and states <= {db.DONE, db.FAILED} and db.DONE in states:
+            out.append(date)
     return out
 
 
-def mark_requested(cfg: Config, run: dict) -> list[str]:
-    """Record that the night mosaics of ``run`` are on their way; returns the nights (UTC dates)."""
-    dates = sorted({b[:10] for b in run["block_ids"]})
-    db.record_run_product(cfg.database_url, run["run_id"], "", RUN_PRODUCT,
-                          Path(cfg.paths.products_root) / "mosaics", state="queued", dates=dates)
-    return dates
+def mosaic_night(cfg: Config, date: str) -> dict:
+    """Mosaic one night, record the outcome and rewrite the night's weblog (the automatic pass's task).
 
-
-def unmark_requested(cfg: Config, run_id: str) -> None:
-    """Undo :func:`mark_requested` (the task could not be sent): the next pass asks again."""
-    db.forget_run_product(cfg.database_url, run_id, "", RUN_PRODUCT)
-
-
-def mosaic_run_nights(cfg: Config, run_id: str, dates: list[str]) -> dict:
-    """Mosaic every night of a run, record the result as the run's product and rewrite the nights' weblogs.
-
-    Each night is mosaicked whole (every imaged block of the date, of any
-    run), so a night made of several runs ends with the mosaics of all of
-    them; the mosaics are written atomically, so doing it twice is harmless.
-    A night that fails is recorded with its reason and the others go on.
+    The night is mosaicked whole (every imaged block of the date, of any
+    run); the mosaics are written atomically, so doing it twice is harmless.
 
     Returns
     -------
     dict
-        ``state`` (``done`` when every night was mosaicked, else ``failed``),
-        ``nights`` (date -> list of mosaic ids) and ``errors`` (date -> reason).
+        ``state`` (``done`` or ``failed``), ``mosaics`` (ids) and, when
+        failed, ``reason``.
     """
     from . import weblog
 
-    nights: dict[str, list[str]] = {}
-    errors: dict[str, str] = {}
-    for date in dates:
-        try:
-            datetime.strptime(date, "%Y-%m-%d")  # checked before any path is made of it
-            nights[date] = [r["mosaic_id"] for r in night_mosaics(cfg, date)]
-        except Exception as e:  # one night's fault must not lose the others'
-            errors[date] = f"{type(e).__name__}: {e}"
-            continue
-        try:
-            weblog.render_night(cfg, date)
-        except Exception as e:
-            errors[date] = f"mosaics made; night weblog not rewritten: {type(e).__name__}: {e}"
-    state = "failed" if errors else "done"
-    db.record_run_product(cfg.database_url, run_id, "", RUN_PRODUCT, Path(cfg.paths.products_root) / "mosaics",
-                          state=state, dates=list(dates), nights=nights, errors=errors)
-    return {"state": state, "nights": nights, "errors": errors}
+    datetime.strptime(date, "%Y-%m-%d")  # checked before any path is made of it
+    try:
+        ids = [r["mosaic_id"] for r in night_mosaics(cfg, date)]
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}"
+        db.record_night_mosaics(cfg.database_url, date, "failed", reason=reason)
+        return {"state": "failed", "mosaics": [], "reason": reason}
+    details: dict = {"mosaics": ids, "directory": str(Path(cfg.paths.products_root) / "mosaics" / date)}
+    try:
+        weblog.render_night(cfg, date)
+    except Exception as e:  # the mosaics stand; the weblog can be rewritten by hand (`contimg weblog`)
+        details["weblog"] = f"not rewritten: {type(e).__name__}: {e}"
+    db.record_night_mosaics(cfg.database_url, date, "done", **details)
+    return {"state": "done", **details}
 
 
-def mosaics_pending(cfg: Config, run_ids: list[str]) -> list[str]:
-    """The runs among ``run_ids`` whose night mosaics were requested and are not recorded yet."""
-    pending = []
-    for run_id in run_ids:
-        for p in db.run_products(cfg.database_url, run_id):
-            if p["kind"] == RUN_PRODUCT and p["block_id"] == "" and p["details"].get("state") == "queued":
-                pending.append(run_id)
-    return pending
+def mosaics_pending(cfg: Config, dates: list[str]) -> list[str]:
+    """The nights among ``dates`` whose mosaics were requested and are not recorded yet."""
+    found = db.night_mosaics(cfg.database_url, dates)
+    return [d for d in dates if found.get(d, {}).get("state") == "queued"]

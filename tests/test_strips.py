@@ -53,19 +53,25 @@ def test_night_mosaics_per_strip(tmp_path, monkeypatch, capsys):
     assert "no imaged blocks recorded for 2025-10-06" in capsys.readouterr().err
 
 
-def test_night_mosaics_made_when_a_run_ends(tmp_path):
-    """The dispatcher sends a finished run's night mosaics to an imaging node, once; a real worker makes them.
+def test_night_mosaics_made_when_the_night_ends(tmp_path):
+    """The dispatcher sends a finished night's mosaics to an imaging node, once; a real worker makes them.
 
-    Real redis-server and worker processes (LocalCluster). A recorded run of
-    four done blocks (the synthetic dec 54.6 strip): the dispatcher's
-    finishing pass records the run's ``night_mosaics`` product as queued and
-    sends the task; the worker writes the mosaic (image, noise, weight, PNG),
-    records the product as done with the mosaic id and rewrites the night's
-    weblog with a Mosaics section. A second pass sends nothing. A run whose
-    blocks all failed, and the no-op stage set, ask for no mosaics.
+    Real redis-server and worker processes (LocalCluster). Night 2025-10-05:
+    four done blocks of the synthetic dec 54.6 strip in one recorded run, and
+    a second run whose block is still running. Checked: no request while a
+    block of the night is open (the watcher's many runs of one night give one
+    mosaic, after the last block), nor before the date has ended, nor for a
+    night whose runs are older than RECENT_DAYS, nor for a night whose blocks
+    all failed, nor with the no-op stage set. Once the night is finished the
+    dispatcher's pass claims it and sends the task; the worker writes the
+    mosaic (image, noise, weight, PNG), records it as done with its id and
+    rewrites the night's weblog with a Mosaics section. A second pass sends
+    nothing.
     """
+    import subprocess
+    import sys
     import time
-    from datetime import timedelta
+    from datetime import datetime, timedelta
 
     from contimg import products, strips
     from contimg.cluster import LocalCluster
@@ -74,64 +80,63 @@ def test_night_mosaics_made_when_a_run_ends(tmp_path):
 
     cfg = make_config(tmp_path, tmp_path / "data", dispatch__node_check_s=0)
     url = cfg.database_url
+
+    def recorded_run(block_states: dict[str, str]) -> str:
+        run_id = new_run_id("night")
+        for bid, state in block_states.items():
+            db.upsert_block(url, bid, state=state, data_dir=str(tmp_path), run_id=run_id)
+        db.create_run(url, run_id, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
+                      block_ids=list(block_states))
+        return run_id
+
     spec = StripSpec(dec_deg=54.6, n_blocks=4, npix=96)
-    ids = []
-    for i, (img, pb) in enumerate(write_strip(spec, tmp_path / "products" / "blocks", [], [], [], seed=3)):
-        bid = spec.block_id(i)
-        ids.append(bid)
-        db.upsert_block(url, bid, state="done", data_dir=str(tmp_path))
+    ids = [spec.block_id(i) for i in range(4)]
+    run_id = recorded_run({bid: "done" for bid in ids})
+    for bid, (img, pb) in zip(ids, write_strip(spec, tmp_path / "products" / "blocks", [], [], [], seed=3)):
         db.record_product(url, bid, "image_fits", img)
         db.record_product(url, bid, "pb_fits", pb)
-    run_id = new_run_id("night")
-    db.create_run(url, run_id, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
-                  block_ids=ids)
-    failed_run = new_run_id("night")
-    db.upsert_block(url, "2025-10-05T09:00:00", state="failed", data_dir=str(tmp_path), reason="test")
-    db.create_run(url, failed_run, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
-                  block_ids=["2025-10-05T09:00:00"])
-    noop = make_config(tmp_path, tmp_path / "data", stage_set="noop")
-    assert strips.runs_wanting_mosaics(noop) == []
-    # a run submitted more than RECENT_DAYS ago is left to `contimg mosaic --night`
-    later = db.utcnow() + timedelta(days=strips.RECENT_DAYS, hours=1)
-    assert strips.runs_wanting_mosaics(cfg, now=later) == []
-    assert [r["run_id"] for r in strips.runs_wanting_mosaics(cfg)] == [run_id]
+    recorded_run({"2025-10-05T11:00:00": "running"})  # a later block of the same night, another run
+    recorded_run({"2025-10-06T03:00:00": "failed"})  # a night with nothing imaged
+
+    assert strips.nights_wanting_mosaics(cfg) == []  # a block of the night is still open
+    db.upsert_block(url, "2025-10-05T11:00:00", state="failed", reason="test")
+    assert strips.nights_wanting_mosaics(cfg) == ["2025-10-05"]
+    assert strips.nights_wanting_mosaics(cfg, now=datetime(2025, 10, 5, 23, 0)) == []  # the night goes on
+    assert strips.nights_wanting_mosaics(cfg, now=db.utcnow() + timedelta(days=strips.RECENT_DAYS, hours=1)) == []
+    assert strips.nights_wanting_mosaics(make_config(tmp_path, tmp_path / "data", stage_set="noop")) == []
 
     with LocalCluster(cfg, tmp_path / "cluster") as cl:
         disp = Dispatcher(cl.config)
         events = disp.notify(force=True)
-        assert [e for e in events if "night mosaics" in e] == [
-            f"night mosaics of run {run_id} (2025-10-05) sent to node1"], events
-        assert strips.mosaics_pending(cl.config, [run_id, failed_run]) == [run_id]
-        assert not [e for e in disp.notify(force=True) if "night mosaics" in e]  # once per run
+        sent = [e for e in events if e.startswith("mosaics of night")]
+        assert sent == ["mosaics of night 2025-10-05 sent to node1"], events
+        assert strips.mosaics_pending(cl.config, ["2025-10-05", "2025-10-06"]) == ["2025-10-05"]
+        assert not [e for e in disp.notify(force=True) if e.startswith("mosaics of night")]  # once per night
         t0 = time.monotonic()
-        while strips.mosaics_pending(cl.config, [run_id]) and time.monotonic() - t0 < 120:
+        while strips.mosaics_pending(cl.config, ["2025-10-05"]) and time.monotonic() - t0 < 120:
             time.sleep(0.5)
-    (p,) = [p for p in db.run_products(url, run_id) if p["kind"] == strips.RUN_PRODUCT]
-    assert p["details"]["state"] == "done", p["details"]
-    (mosaic,) = p["details"]["nights"]["2025-10-05"]
+    rec = db.night_mosaics(url, ["2025-10-05", "2025-10-06"])
+    assert list(rec) == ["2025-10-05"] and rec["2025-10-05"]["state"] == "done", rec
+    (mosaic,) = rec["2025-10-05"]["details"]["mosaics"]
     made = products.mosaic_products(cfg.paths.products_root, mosaic)
     assert mosaic.startswith("dec+54.60_") and made.directory.is_dir()
     assert {f.suffix for f in made.directory.iterdir()} >= {".fits", ".png"}
     night_page = products.night_weblog(cfg.paths.products_root, "2025-10-05").read_text()
     assert "Mosaics" in night_page and mosaic in night_page
-    assert not [p for p in db.run_products(url, failed_run) if p["kind"] == strips.RUN_PRODUCT]
-    # `contimg runs ID` shows it, and its --json has it
-    import subprocess
-    import sys
-
+    # `contimg runs ID` shows the run-level products (the weblog the same pass wrote), and its --json too
     env = {"CONTIMG_PATHS__PRODUCTS_ROOT": str(cfg.paths.products_root),
            "CONTIMG_PATHS__DATA_ROOT": str(cfg.paths.data_root), "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-m", "contimg.cli", "runs", run_id], capture_output=True, text=True,
                          env=env, check=True).stdout
-    assert f"night_mosaics: {tmp_path / 'products' / 'mosaics'} [done] 2025-10-05: {mosaic}" in out, out
+    page = products.run_weblog(cfg.paths.products_root, run_id)
+    assert f"    weblog: {page}" in out, out
     out = subprocess.run([sys.executable, "-m", "contimg.cli", "runs", run_id, "--json"], capture_output=True,
                          text=True, env=env, check=True).stdout
-    (shown,) = [p for p in json.loads(out)[0]["products"] if p["kind"] == strips.RUN_PRODUCT]
-    assert shown["details"]["nights"] == {"2025-10-05": [mosaic]}
+    assert [p["kind"] for p in json.loads(out)[0]["products"]] == ["weblog"]
 
 
 def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog):
-    """A broker that cannot be reached: the send fails fast, the mark is taken back, the error logged."""
+    """A broker that cannot be reached: the send fails fast, the claim is taken back, the error logged."""
     import logging
 
     from contimg import strips
@@ -140,13 +145,13 @@ def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog):
 
     cfg = make_config(tmp_path, tmp_path / "data", broker__url="redis://127.0.0.1:1/0", dispatch__node_check_s=0)
     url = cfg.database_url
-    db.upsert_block(url, "2025-10-05T03:00:00", state="done", data_dir=str(tmp_path))
     run_id = new_run_id("night")
+    db.upsert_block(url, "2025-10-05T03:00:00", state="done", data_dir=str(tmp_path), run_id=run_id)
     db.create_run(url, run_id, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
                   block_ids=["2025-10-05T03:00:00"])
     with caplog.at_level(logging.ERROR, logger="contimg.pipeline"):
         events = Dispatcher(cfg).notify(force=True)
-    assert not [e for e in events if "night mosaics" in e]
+    assert not [e for e in events if e.startswith("mosaics of night")]
     assert any("night mosaic pass failed" in r.getMessage() for r in caplog.records)
-    assert not [p for p in db.run_products(url, run_id) if p["kind"] == strips.RUN_PRODUCT]
-    assert [r["run_id"] for r in strips.runs_wanting_mosaics(cfg)] == [run_id]  # asked again next pass
+    assert db.night_mosaics(url, ["2025-10-05"]) == {}
+    assert strips.nights_wanting_mosaics(cfg) == ["2025-10-05"]  # asked again at the next pass

@@ -1,26 +1,24 @@
-"""The nightly mosaics of a run, once all its blocks have ended (sent by the dispatcher)."""
+"""The mosaics of a night that has ended (sent by the dispatcher's finishing pass)."""
 
 from __future__ import annotations
 
 import logging
-from ..products import check_run_id
-from ..strips import mosaic_run_nights
+
+from ..strips import mosaic_night as _mosaic_night
 from .app import app, current_config
 
 log = logging.getLogger(__name__)
 
 
-@app.task(bind=True, name="contimg.mosaic_nights", ignore_result=True)
-def mosaic_nights(self, run_id: str, dates: list[str]) -> dict:
-    """Mosaic the nights (UTC dates) of a finished run and record them (:func:`contimg.strips.mosaic_run_nights`).
+@app.task(bind=True, name="contimg.mosaic_night", ignore_result=True)
+def mosaic_night(self, date: str) -> dict:
+    """Mosaic the night (UTC date) and record it (:func:`contimg.strips.mosaic_night`).
 
-    The outcome is the run's ``night_mosaics`` product in the products
-    database (``contimg runs``, the weblogs); the run id and each date of the
-    message are checked before any path is made of them (a malformed date is
-    recorded as that night's error).
+    The outcome is the night's row in the products database's
+    ``night_mosaics`` table, and the night's weblog; the date of the message
+    is checked before any path is made of it.
     """
-    check_run_id(run_id)
-    result = mosaic_run_nights(current_config(), run_id, list(dates))
-    if result["errors"]:
-        log.warning("run %s: night mosaics failed for %s", run_id, "; ".join(f"{d}: {e}" for d, e in result["errors"].items()))
+    result = _mosaic_night(current_config(), date)
+    if result["state"] != "done":
+        log.warning("night %s: mosaics failed: %s", date, result.get("reason"))
     return result
