@@ -409,19 +409,18 @@ def wait(cfg: Config, block_ids: list[str], progress: ProgressFn | None = None, 
 
 
 def _wait_for_night_mosaics(cfg: Config, block_ids: list[str], progress: ProgressFn | None) -> None:
-    """Wait until the mosaics requested for the nights of ``block_ids`` are recorded.
+    """Wait until the mosaics requested for the nights of ``block_ids`` are recorded, and report them.
 
     So that ``contimg run`` and the demo end with them (their workers stop
     when this returns). Gives up, saying so, after the task time limit: the
-    task may still finish on a cluster that stays up.
+    task may still finish on a cluster that stays up. Nights never requested
+    (not finished, or ``pipeline.night_mosaics`` off) are not waited for.
     """
     from .strips import mosaics_pending
 
     dates = sorted({b[:10] for b in block_ids})
     pending = mosaics_pending(cfg, dates)
-    if not pending:
-        return
-    if progress:
+    if pending and progress:
         progress(f"mosaics of night {', '.join(pending)}: being made")
     t0, limit = time.monotonic(), cfg.broker.task_time_limit_s + 60
     while pending and time.monotonic() - t0 < limit:
@@ -434,7 +433,7 @@ def _wait_for_night_mosaics(cfg: Config, block_ids: list[str], progress: Progres
         for date, rec in sorted(db.night_mosaics(cfg.database_url, dates).items()):
             d = rec["details"]
             what = (f"{len(d.get('mosaics', []))} mosaic(s) in {d.get('directory')}" if rec["state"] == "done"
-                    else d.get("reason", ""))
+                    else d.get("reason", "not recorded yet"))
             progress(f"mosaics of night {date}: {rec['state']}, {what}")
 
 

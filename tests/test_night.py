@@ -109,9 +109,12 @@ def test_tiny_night_end_to_end(tmp_path):
         sep = separation_deg(ra, dec, sra, sdec)
         assert sep < bmaj, f"block {rec['block_id']}: peak {sep * 3600:.1f}\" from the brightest source " \
                            f"({app:.2f} Jy apparent), beam {bmaj * 3600:.1f}\""
-    # the night's mosaic was made when the run ended, before the workers stopped
+    # the night's mosaic was made when the run ended, before the workers stopped, and recorded
     mosaics = sorted((tmp_path / "products" / "mosaics").glob("*/*/*.image.fits"))
     assert len(mosaics) == 1 and f"_{records[0]['block_id']}_{records[1]['block_id']}." in mosaics[0].name, mosaics
+    url = f"sqlite:///{tmp_path / 'products' / 'contimg.sqlite'}"
+    night = records[0]["block_id"][:10]
+    assert db.night_mosaics(url, [night])[night]["details"]["mosaics"] == [mosaics[0].parent.name]
     # scratch is cleaned after success
     assert not any((tmp_path / "scratch").rglob("*.ms"))
     # the private redis-server and the workers are gone
