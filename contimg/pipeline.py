@@ -252,14 +252,21 @@ class Dispatcher:
         Once per night, whichever dispatcher gets there first: the night is
         claimed in the products database before the task is sent
         (:func:`contimg.strips.nights_wanting_mosaics`), and the task records
-        the outcome. A send that fails (broker down) is not retried here: the
-        claim is taken back and the next pass asks again.
+        the outcome. With the broker down nothing is claimed; a send that fails
+        anyway is not retried here: the claim is taken back. Either way the
+        next pass asks again.
         """
         from .strips import nights_wanting_mosaics
         from .tasks.app import configure
 
         nights = nights_wanting_mosaics(self.cfg)
         if not nights:
+            return []
+        try:
+            self.queue.r.ping()  # fails at once where Celery's producer would try to connect for seconds
+        except BROKER_DOWN as e:
+            log.warning("broker unreachable (%s): the mosaics of night %s wait for the next pass",
+                        type(e).__name__, ", ".join(nights))
             return []
         app = configure(self.cfg)
         nodes = self.cfg.imaging_nodes()

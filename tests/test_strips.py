@@ -135,8 +135,12 @@ def test_night_mosaics_made_when_the_night_ends(tmp_path):
     assert [p["kind"] for p in json.loads(out)[0]["products"]] == ["weblog"]
 
 
-def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog):
-    """A broker that cannot be reached: the send fails fast, the claim is taken back, the error logged."""
+def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog, monkeypatch):
+    """A broker that cannot be reached: nothing is claimed, a warning says so, the next pass asks again.
+
+    And a send that fails after the claim (the broker went away in between)
+    takes its claim back.
+    """
     import logging
 
     from contimg import strips
@@ -149,9 +153,17 @@ def test_night_mosaics_not_sent_are_asked_again(tmp_path, caplog):
     db.upsert_block(url, "2025-10-05T03:00:00", state="done", data_dir=str(tmp_path), run_id=run_id)
     db.create_run(url, run_id, kind="night", selection={}, submitted_by="test", config_toml="", remap={},
                   block_ids=["2025-10-05T03:00:00"])
-    with caplog.at_level(logging.ERROR, logger="contimg.pipeline"):
-        events = Dispatcher(cfg).notify(force=True)
+    disp = Dispatcher(cfg)
+    with caplog.at_level(logging.WARNING, logger="contimg.pipeline"):
+        events = disp.notify(force=True)
     assert not [e for e in events if e.startswith("mosaics of night")]
-    assert any("night mosaic pass failed" in r.getMessage() for r in caplog.records)
+    assert any("the mosaics of night 2025-10-05 wait for the next pass" in r.getMessage() for r in caplog.records)
     assert db.night_mosaics(url, ["2025-10-05"]) == {}
+    assert strips.nights_wanting_mosaics(cfg) == ["2025-10-05"]
+
+    monkeypatch.setattr(disp.queue.r, "ping", lambda: True)  # the broker seemed up, then the send fails
+    with caplog.at_level(logging.ERROR, logger="contimg.pipeline"):
+        disp.notify(force=True)
+    assert any("night mosaic pass failed" in r.getMessage() for r in caplog.records)
+    assert db.night_mosaics(url, ["2025-10-05"]) == {}  # the claim was taken back
     assert strips.nights_wanting_mosaics(cfg) == ["2025-10-05"]  # asked again at the next pass
