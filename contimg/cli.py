@@ -353,7 +353,7 @@ def cmd_runs(args) -> int:
     rows = db.runs(cfg.database_url, args.run)
     if args.run and not rows:
         raise KeyError(f"unknown run id {args.run}; `contimg runs` lists the runs")
-    if args.run:  # one run: also its run-level products (weblog, night mosaics)
+    if args.run:  # one run: also its run-level products (its weblog)
         rows[0]["products"] = [{k: p[k] for k in ("kind", "path", "details")}
                                for p in db.run_products(cfg.database_url, args.run) if p["block_id"] == ""]
     if args.json:
@@ -366,10 +366,7 @@ def cmd_runs(args) -> int:
         print(f"{r['run_id']}  {r['kind']:<9} {len(r['block_ids']):>4} blocks  by {r['submitted_by']} "
               f"at {r['submitted_at']}  [{states}]")
         for p in r.get("products", []):
-            state = p["details"].get("state")
-            nights = p["details"].get("nights") or {}
-            made = "; ".join(f"{d}: {', '.join(ids) or 'none'}" for d, ids in sorted(nights.items()))
-            print(f"    {p['kind']}: {p['path']}" + (f" [{state}]" if state else "") + (f" {made}" if made else ""))
+            print(f"    {p['kind']}: {p['path']}")
     return EXIT_OK
 
 
