@@ -743,7 +743,7 @@ def claim_night_mosaics(url: str, date: str) -> bool:
 
 
 def record_night_mosaics(url: str, date: str, state: str, **details: Any) -> None:
-    """Store the outcome of a night's mosaics (creates the row if a hand-made request never claimed it)."""
+    """Store the outcome of a night's mosaics (the row is created if none was claimed)."""
     with session(url) as s:
         row = s.get(NightMosaicRow, date)
         if row is None:
