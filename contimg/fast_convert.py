@@ -1069,6 +1069,7 @@ class _VisibilityWriter:
         self.recurrence = _evenly_spaced(plan.freq_hz, self.dw_over_c if self.rotate else None)
         self.formula = numpy_product_formula() if self.rotate else 0
         self.weights = np.empty((n_rows, n_pols), dtype=np.float32)
+        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-spectra-half")
 
     def write(self, table: mswrite.MainTable, start: int, vis: np.ndarray, flags: np.ndarray,
               nsamples: np.ndarray) -> None:
@@ -1080,19 +1081,39 @@ class _VisibilityWriter:
             A sample count is negative or NaN (the pyuvdata path repairs those).
         """
         n = vis.shape[0]
-        rows = slice(start, start + n)
         m = self.map
         turn, self._turn = self._turn, 1 - self._turn
         data, bits = self.data[turn][:n], self.flag_bits[turn][:n]
         flags_ms, nsamples_ms = self.flags[turn][: 0 if m.identity else n], self.nsamples[turn][: 0 if m.identity else n]
-        valid = _block_kernel(vis, flags, nsamples, data, bits, flags_ms, nsamples_ms, self.weights[rows],
-                              _flat(vis), _flat(data),
-                              self.dw_over_c[rows], self.plan.freq_hz, self.rotate, self.recurrence,
-                              self.plan.conj_rows[rows], m.chan_dst, m.pol_src, m.pol_src_conj, m.identity,
-                              self.formula)
+
+        def rows(lo: int, hi: int) -> bool:
+            part = slice(lo, hi)
+            reordered = slice(0, 0) if m.identity else part
+            return _block_kernel(vis[part], flags[part], nsamples[part], data[part], bits[part], flags_ms[reordered],
+                                 nsamples_ms[reordered], self.weights[start + lo:start + hi],
+                                 _flat(vis[part]), _flat(data[part]),
+                                 self.dw_over_c[start + lo:start + hi], self.plan.freq_hz, self.rotate,
+                                 self.recurrence, self.plan.conj_rows[start + lo:start + hi], m.chan_dst, m.pol_src,
+                                 m.pol_src_conj, m.identity, self.formula)
+
+        if n >= 2 * _MIN_SHARED_ROWS:
+            # Two threads on halves of the block: the kernel releases the GIL.
+            other = self._helper.submit(rows, n // 2, n)
+            valid = rows(0, n // 2)
+            valid = other.result() and valid
+        else:
+            valid = rows(0, n)
         if not valid:
             raise _InvalidSampleCounts(f"rows {start}-{start + n}")
         table.put_spectra(start, data, bits, nsamples if m.identity else nsamples_ms)
+
+    def close(self) -> None:
+        """Let the helper thread go."""
+        self._helper.shutdown(wait=True)
+
+
+_MIN_SHARED_ROWS = 256
+"""A block is turned by two threads, half each, when each half has at least this many rows."""
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -1144,6 +1165,8 @@ def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path, meanwhile=la
         stop.set()
         table.abandon()  # the caller removes the temporary MS
         raise
+    finally:
+        writer.close()
 
 
 def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswrite.MainTable, uvd,
@@ -1156,12 +1179,17 @@ def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswri
         A sample count is negative or not finite.
     """
     n_rows = int(uvd.Nblts)
+    previous = None
     for start in range(0, n_rows, ROWS_PER_BLOCK):
         if stop.is_set():
             return
         vis, flags, nsamples = reader.read(start, min(start + ROWS_PER_BLOCK, n_rows))
         writer.write(table, start, vis, flags, nsamples)
-        reader.done(start, start + vis.shape[0])
+        # The write of this block may still be reading the mapped file (WEIGHT_SPECTRUM
+        # straight from it); the one before is done (MainTable.put_spectra waited for it).
+        if previous is not None:
+            reader.done(*previous)
+        previous = (start, start + vis.shape[0])
     weights = writer.weights
     table.put_column("WEIGHT", weights)
     # pyuvdata leaves SIGMA undefined where WEIGHT is 0; we write 0 there.

@@ -348,7 +348,8 @@ class MainTable:
             return
         self.template.write(self.path)
         for name, c in self.template.columns.items():
-            self._files[name] = open(self.path / c.file, "wb")
+            self._files[name] = f = open(self.path / c.file, "wb")
+            os.posix_fallocate(f.fileno(), 0, c.size)
             self._rows_written[name] = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-ms-write")
 

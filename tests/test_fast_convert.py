@@ -386,6 +386,19 @@ def test_blocks_smaller_than_the_file(raw_files, tmp_path, monkeypatch):
         np.testing.assert_array_equal(_column(Path(parts.ms_path), col), _column(Path(whole.ms_path), col))
 
 
+@pytest.mark.parametrize("which", ["simulated", "awkward"])
+def test_blocks_turned_by_two_threads(raw_files, tmp_path, monkeypatch, which):
+    """Blocks split between two threads (odd halves included) give the MS of one thread, bit for bit."""
+    monkeypatch.setattr(fast_convert, "_MIN_SHARED_ROWS", 10**9)
+    one = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "one.ms", block_mid_jd=2460953.6260)
+    monkeypatch.setattr(fast_convert, "_MIN_SHARED_ROWS", 1)
+    monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 999)
+    two = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "two.ms", block_mid_jd=2460953.6260)
+    for col in ("DATA", "FLAG", "WEIGHT_SPECTRUM", "WEIGHT", "SIGMA", "UVW"):
+        a, b = _column(Path(two.ms_path), col), _column(Path(one.ms_path), col)
+        assert a.tobytes() == b.tobytes(), col
+
+
 # ---------------------------------------------------------------------------
 # the metadata checks: header, and the MS as written
 # ---------------------------------------------------------------------------
