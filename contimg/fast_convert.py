@@ -46,6 +46,7 @@ docs/conversion.md lists the guarantees and the measured speed.
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import math
@@ -54,7 +55,7 @@ import os
 import threading
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,13 +170,19 @@ def convert_subband_fast(
             return convert.convert_subband(src, dst, phase_center=phase_center, block_mid_jd=block_mid_jd)
         data = _data_datasets(meta, uvd, src)
         t_read = time.perf_counter()
+        chosen = {}
 
-        rule, center = convert.choose_phase_center(uvd, src, phase_center=phase_center, block_mid_jd=block_mid_jd)
-        plan = _geometry(uvd, center)
-        t_phase = time.perf_counter()
+        def geometry() -> _Plan:
+            # Run by _write_ms once FLAG and WEIGHT_SPECTRUM are under way.
+            t = time.perf_counter()
+            rule, center = convert.choose_phase_center(uvd, src, phase_center=phase_center,
+                                                       block_mid_jd=block_mid_jd)
+            plan = _geometry(uvd, center)
+            chosen.update(rule=rule, seconds=time.perf_counter() - t)
+            return plan
 
         try:
-            check = _write_ms_atomically(uvd, data, plan, src, dst)
+            check = _write_ms_atomically(uvd, data, geometry, src, dst)
         except _InvalidSampleCounts:
             # Rare and never a DSA-110 file: the pyuvdata path repairs them (convert._repair_nsamples).
             log.info("%s has invalid sample counts; converting it with pyuvdata", src)
@@ -186,7 +193,8 @@ def convert_subband_fast(
         if f.id.valid:
             f.close()
 
-    return convert.conversion_result(uvd, src, dst, rule, check, (t0, t_read, t_phase, t_write))
+    t_phase = t_read + chosen["seconds"]  # the geometry ran while the first columns were written
+    return convert.conversion_result(uvd, src, dst, chosen["rule"], check, (t0, t_read, t_phase, t_write))
 
 
 # ---------------------------------------------------------------------------
@@ -353,7 +361,7 @@ class _BlockReader:
             (np.empty(shape, dtype=data.vis_dtype), np.empty(shape, dtype=bool), np.empty(shape, dtype=np.float32))
             for _ in range(2)
         ]
-        self._turn = 0
+        self._turn = {self.DATA: 0, self.SAMPLES: 0}  # each pass over the rows uses the two sets in turn
         self._compound = data.visdata.dtype not in (np.complex64, np.complex128)
 
     @property
@@ -361,32 +369,44 @@ class _BlockReader:
         """Whether blocks are views of the mapped file."""
         return self._mapped is not None
 
-    def read(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    DATA = (0,)
+    """:meth:`read` the visibilities."""
+    SAMPLES = (1, 2)
+    """:meth:`read` the flags and the sample counts."""
+
+    def read(self, start: int, stop: int, which: tuple[int, ...] = (0, 1, 2)) -> tuple[np.ndarray, ...]:
+        """Rows ``start`` to ``stop`` of the data sets ``which`` (0 visdata, 1 flags, 2 nsamples)."""
         if self._mapped is not None:
-            return tuple(a[start:stop] for a, _ in self._mapped)
+            return tuple(self._mapped[k][0][start:stop] for k in which)
         n = stop - start
-        out = tuple(b[:n] for b in self._buffers[self._turn])
-        self._turn = 1 - self._turn
+        turn = self._turn.setdefault(which, 0)
+        buffers, self._turn[which] = self._buffers[turn], 1 - turn
         src = np.s_[start:stop, 0] if self.data.spw_axis else np.s_[start:stop]
+        out = []
         try:
-            if self._compound:
-                # As pyuvdata's _read_complex_astype: integers upcast on assignment.
-                out[0].view([("r", "f8"), ("i", "f8")])[...] = self.data.visdata[src]
-            else:
-                self.data.visdata.read_direct(out[0], source_sel=src)
-            self.data.flags.read_direct(out[1], source_sel=src)
-            self.data.nsamples.read_direct(out[2], source_sel=src)
+            for k in which:
+                b = buffers[k][:n]
+                if k == 0 and self._compound:
+                    # As pyuvdata's _read_complex_astype: integers upcast on assignment.
+                    b.view([("r", "f8"), ("i", "f8")])[...] = self.data.visdata[src]
+                else:
+                    (self.data.visdata, self.data.flags, self.data.nsamples)[k].read_direct(b, source_sel=src)
+                out.append(b)
         except (OSError, ValueError, TypeError) as e:
             # A file cut short after its header fails here, not at opening.
             raise _not_uvh5(self.path, e) from e
-        return out
+        return tuple(out)
 
-    def done(self, start: int, stop: int) -> None:
-        """Rows ``start`` to ``stop`` are written: let their mapped pages go."""
+    def whole(self, which: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+        """The data sets ``which``, whole, as views of the mapped file (only when :attr:`mapped`)."""
+        return tuple(self._mapped[k][0] for k in which)
+
+    def done(self, start: int, stop: int, which: tuple[int, ...] = (0, 1, 2)) -> None:
+        """Rows ``start`` to ``stop`` of the data sets ``which`` are written: let their mapped pages go."""
         if self._mapped is None:
             return
         page = mmap.PAGESIZE
-        for a, offset in self._mapped:
+        for a, offset in (self._mapped[k] for k in which):
             row_bytes = a.strides[0]
             lo = (offset + start * row_bytes) // page * page
             hi = (offset + stop * row_bytes) // page * page  # the partial last page goes with the next block
@@ -518,6 +538,49 @@ class _RowMap:
         pol_src_conj = np.asarray(plan.conj_pol_order, dtype=np.int64)[pol_src]
         identity = plan.chan_order is None and plan.pol_order is None and not plan.conj_rows.any()
         return cls(chan_dst, pol_src, pol_src_conj, identity)
+
+    @classmethod
+    def from_header(cls, uvd) -> tuple[_RowMap, np.ndarray]:
+        """The map and the rows conjugated, from the file's header alone, and ahead of :func:`_geometry`.
+
+        The layout needs no geometry: rows stored ant1 > ant2, channels not
+        ascending (which :func:`convert.prepare_for_ms` sorts) and the
+        polarizations out of CASA order. :func:`_check_layout` holds it to
+        the plan once the geometry is done.
+        """
+        from pyuvdata import utils as uvutils
+
+        freq_hz = np.asarray(uvd.freq_array, dtype=np.float64).ravel()
+        pols = uvd.polarization_array
+        pol_index = np.asarray(uvutils.pol.determine_pol_order(pols, order="CASA"))
+        layout = _Plan(
+            delta_w_m=None,
+            freq_hz=freq_hz,
+            chan_order=np.argsort(freq_hz, kind="stable") if np.any(np.diff(freq_hz) < 0) else None,
+            conj_rows=np.asarray(uvd.ant_1_array > uvd.ant_2_array),
+            conj_pol_order=np.argsort(uvutils.pol.reorder_conj_pols(pols)),
+            pol_order=None if np.array_equal(pol_index, np.arange(pol_index.size)) else pol_index,
+            pol_order_pyuvdata=slice(None),
+        )
+        return cls.of(layout, freq_hz.size, pols.size), layout.conj_rows
+
+    def same_as(self, other: _RowMap) -> bool:
+        return (self.identity == other.identity and np.array_equal(self.chan_dst, other.chan_dst)
+                and np.array_equal(self.pol_src, other.pol_src) and np.array_equal(self.pol_src_conj, other.pol_src_conj))
+
+
+def _check_layout(plan: _Plan, row_map: _RowMap, conj_rows: np.ndarray) -> None:
+    """The plan moves the values as the map made from the header does (:meth:`_RowMap.from_header`).
+
+    Raises
+    ------
+    RuntimeError
+        They differ: pyuvdata's metadata steps changed (a new pyuvdata?).
+    """
+    n_freqs, n_pols = row_map.chan_dst.size, row_map.pol_src.size
+    if not (row_map.same_as(_RowMap.of(plan, n_freqs, n_pols)) and np.array_equal(plan.conj_rows, conj_rows)):
+        raise RuntimeError("pyuvdata's metadata steps reorder the data otherwise than the header says; "
+                           "use the pyuvdata path (convert.convert_subband) and report it")
 
 
 @numba.extending.intrinsic
@@ -981,13 +1044,9 @@ def _pack_flags(flags, bits):
 
 
 @numba.njit(cache=True, nogil=True)
-def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, weights, vis_flat, data_flat,
-                  dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src, pol_src_conj, identity, formula):
-    """A block of file rows as DATA, FLAG (packed), WEIGHT_SPECTRUM and WEIGHT, in one call without the GIL.
-
-    One call per block, so that the thread running it (:func:`_write_spectra`)
-    seldom needs the GIL, which the thread writing the other columns through
-    casacore holds most of the time.
+def _samples_kernel(flags, nsamples, flag_bits, flags_ms, nsamples_ms, weights, conj, chan_dst, pol_src, pol_src_conj,
+                    identity):
+    """A block of file rows as FLAG (packed), WEIGHT_SPECTRUM and WEIGHT, in one call without the GIL.
 
     Returns
     -------
@@ -997,8 +1056,6 @@ def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, 
     lo, hi, valid = _sample_range(nsamples)
     if not valid:
         return False
-    _data_kernel(vis, data, vis_flat, data_flat, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src,
-                 pol_src_conj, formula)
     if identity:
         _pack_flags(flags, flag_bits)
         _band_weights(nsamples, lo, hi, pol_src, weights)
@@ -1011,12 +1068,125 @@ def _block_kernel(vis, flags, nsamples, data, flag_bits, flags_ms, nsamples_ms, 
 
 
 # ---------------------------------------------------------------------------
+# whole passes over the rows, without the GIL
+# ---------------------------------------------------------------------------
+#
+# A pass turns a run of blocks and writes each into its column's tile file
+# itself (pwrite), then lets the block's mapped pages of the file go: one
+# call, no Python between blocks, so the thread running it never waits for
+# the GIL, which the thread writing the other columns through casacore holds
+# for milliseconds at a time.
+
+_pwrite = numba.types.ExternalFunction(
+    "pwrite", numba.types.intp(numba.types.int32, numba.types.uintp, numba.types.uintp, numba.types.int64))
+_madvise = numba.types.ExternalFunction(
+    "madvise", numba.types.int32(numba.types.uintp, numba.types.uintp, numba.types.int32))
+_PAGE = mmap.PAGESIZE
+_MADV_DONTNEED = int(getattr(mmap, "MADV_DONTNEED", 4))
+
+WRITE_FAILED = 2
+"""A pass's code: a write failed (:func:`_redo_write` finds out why)."""
+INVALID_SAMPLES = 1
+"""A pass's code: a sample count is negative or NaN."""
+
+
+@numba.njit(cache=True, nogil=True)
+def _write_all(fd, address, nbytes, offset):
+    """``nbytes`` from ``address`` to ``fd`` at ``offset``; False if a pwrite fails (short writes are resumed)."""
+    done = 0
+    while done < nbytes:
+        n = _pwrite(fd, address + done, nbytes - done, offset + done)
+        if n <= 0:
+            return False
+        done += n
+    return True
+
+
+@numba.njit(cache=True, nogil=True)
+def _release(block, page, advice):
+    """Let the whole pages of a block of the mapped file go (they stay in the page cache)."""
+    lo = (block.ctypes.data + page - 1) // page * page
+    hi = (block.ctypes.data + block.nbytes) // page * page
+    if hi > lo:
+        _madvise(lo, hi - lo, advice)
+
+
+@numba.njit(cache=True, nogil=True)
+def _samples_pass(flags, nsamples, row0, starts, stops, flag_bits, flags_ms, nsamples_ms, weights, conj, chan_dst,
+                  pol_src, pol_src_conj, identity, fd_flag, fd_weight_spectrum, release):
+    """FLAG (packed) and WEIGHT_SPECTRUM of blocks of rows, written to their tile files, and WEIGHT.
+
+    Parameters
+    ----------
+    flags, nsamples : ndarray, shape (rows, Nfreqs, Npols)
+        The file's rows from ``row0`` on (the whole mapped data set, or one block read).
+    starts, stops : ndarray of int64
+        The blocks (file rows), in order.
+    flag_bits, flags_ms, nsamples_ms : ndarray
+        Buffers of one block (``flags_ms`` and ``nsamples_ms`` empty when ``identity``).
+    weights : ndarray of float32, shape (Nblts, Npols)
+        WEIGHT, written.
+    fd_flag, fd_weight_spectrum : int
+        The tile files; -1: write nothing (the caller writes the buffers of
+        the one block).
+    release : bool
+        Let each block's pages of the mapped file go once written.
+
+    Returns
+    -------
+    (int, int)
+        Blocks done, and 0, :data:`INVALID_SAMPLES` or :data:`WRITE_FAILED`
+        (then the first block not done is the one that failed).
+    """
+    flag_row, ws_row = flag_bits.shape[1], nsamples.shape[1] * nsamples.shape[2] * 4
+    for i in range(starts.size):
+        lo, hi = starts[i], stops[i]
+        n = hi - lo
+        f, s = flags[lo - row0:hi - row0], nsamples[lo - row0:hi - row0]
+        bits = flag_bits[:n]
+        f_ms, s_ms = flags_ms[:0 if identity else n], nsamples_ms[:0 if identity else n]
+        if not _samples_kernel(f, s, bits, f_ms, s_ms, weights[lo:hi], conj[lo:hi], chan_dst, pol_src, pol_src_conj,
+                               identity):
+            return i, INVALID_SAMPLES
+        if fd_flag >= 0:
+            ws = s if identity else s_ms
+            if not (_write_all(fd_flag, bits.ctypes.data, n * flag_row, lo * flag_row)
+                    and _write_all(fd_weight_spectrum, ws.ctypes.data, n * ws_row, lo * ws_row)):
+                return i, WRITE_FAILED
+        if release:
+            _release(f, _PAGE, _MADV_DONTNEED)
+            _release(s, _PAGE, _MADV_DONTNEED)
+    return starts.size, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _data_pass(vis, row0, starts, stops, data, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src,
+               pol_src_conj, formula, fd_data, release):
+    """DATA of blocks of rows (:func:`_data_kernel`), written to its tile file; as :func:`_samples_pass`."""
+    data_row = data.shape[1] * data.shape[2] * 8
+    for i in range(starts.size):
+        lo, hi = starts[i], stops[i]
+        n = hi - lo
+        v, out = vis[lo - row0:hi - row0], data[:n]
+        _data_kernel(v, out, v.reshape(n, -1).view(v.real.dtype), out.reshape(n, -1).view(np.float32),
+                     dw_over_c[lo:hi], freq_hz, rotate, recurrence, conj[lo:hi], chan_dst, pol_src, pol_src_conj,
+                     formula)
+        if fd_data >= 0 and not _write_all(fd_data, out.ctypes.data, n * data_row, lo * data_row):
+            return i, WRITE_FAILED
+        if release:
+            _release(v, _PAGE, _MADV_DONTNEED)
+    return starts.size, 0
+
+
+# ---------------------------------------------------------------------------
 # writing
 # ---------------------------------------------------------------------------
 
 
-def _write_ms_atomically(uvd, data: _Data, plan: _Plan, src: Path, ms_path: Path) -> dict[str, float]:
+def _write_ms_atomically(uvd, data: _Data, geometry, src: Path, ms_path: Path) -> dict[str, float]:
     """Write the MS at a temporary sibling, check it, then rename it in place.
+
+    ``geometry()`` makes the plan (:func:`_write_ms`).
 
     Returns
     -------
@@ -1036,25 +1206,36 @@ def _write_ms_atomically(uvd, data: _Data, plan: _Plan, src: Path, ms_path: Path
         # The independent UVW recomputation does not need the MS: it runs while the
         # spectra are still being written (this thread would only wait meanwhile).
         recomputed = {}
-        _write_ms(uvd, data, plan, src, tmp, meanwhile=lambda: recomputed.update(uvw=_uvw_recomputation(uvd)))
+        _write_ms(uvd, data, geometry, src, tmp, meanwhile=lambda: recomputed.update(uvw=_uvw_recomputation(uvd)))
         return _check_written_ms(tmp, uvd, final=ms_path, recomputed=recomputed["uvw"])
 
     return convert.atomic_ms(uvd, ms_path, write)
 
 
 class _VisibilityWriter:
-    """Turns blocks of file rows into DATA, FLAG, WEIGHT_SPECTRUM and WEIGHT of the MS, and writes them.
+    """Turns the file's rows into DATA, FLAG, WEIGHT_SPECTRUM and WEIGHT of the MS, and writes them.
 
-    The output buffers are allocated once, two of each, used in turn: a
-    block may still be on its way to disk while the next is computed (see
-    :class:`mswrite.MainTable`). Where the file's layout is already the MS's
-    (no row conjugated, no axis reordered), WEIGHT_SPECTRUM is the block of
-    sample counts as read.
+    In two passes over the rows: the flags and sample counts first
+    (:meth:`write_samples`: FLAG, WEIGHT_SPECTRUM, WEIGHT; they need the
+    layout only, known from the header), then the visibilities
+    (:meth:`write_data`: DATA, once :meth:`rotate_by` has the plan of the
+    geometry).
+
+    When the file is mapped and the table's tile files can be written in
+    place (:meth:`mswrite.MainTable.direct_files`), a pass is a few calls of
+    :func:`_samples_pass` or :func:`_data_pass` that turn and write
+    :data:`_BLOCKS_PER_CALL` blocks each without the GIL, the DATA pass on
+    two threads (alternate blocks, a buffer each). Otherwise each block is
+    read (:class:`_BlockReader`), turned and handed to
+    :meth:`mswrite.MainTable.put_spectra`, two buffers in turn: a block may
+    still be on its way to disk while the next is turned. Where the file's
+    layout is already the MS's (no row conjugated, no axis reordered),
+    WEIGHT_SPECTRUM is the block of sample counts as read.
     """
 
-    def __init__(self, plan: _Plan, n_block: int, n_rows: int, n_freqs: int, n_pols: int):
-        self.plan = plan
-        self.map = _RowMap.of(plan, n_freqs, n_pols)
+    def __init__(self, row_map: _RowMap, conj_rows: np.ndarray, n_block: int, n_rows: int, n_freqs: int,
+                 n_pols: int):
+        self.map, self.conj_rows = row_map, conj_rows
         shape = (n_block, n_freqs, n_pols)
         self.data = [np.empty(shape, dtype=np.complex64) for _ in range(2)]
         self.flag_bits = [np.empty((n_block, -(-n_freqs * n_pols // 8)), dtype=np.uint8) for _ in range(2)]
@@ -1062,58 +1243,144 @@ class _VisibilityWriter:
         reordered = (0, n_freqs, n_pols) if self.map.identity else shape
         self.flags = [np.empty(reordered, dtype=bool) for _ in range(2)]
         self.nsamples = [np.empty(reordered, dtype=np.float32) for _ in range(2)]
-        self._turn = 0
+        self.weights = np.empty((n_rows, n_pols), dtype=np.float32)
+        self.n_rows = n_rows
+        self.blocks = np.array([(lo, min(lo + n_block, n_rows)) for lo in range(0, n_rows, n_block)],
+                               dtype=np.int64).reshape(-1, 2)
+
+    def rotate_by(self, plan: _Plan) -> None:
+        """Take the rotation of the plan (before :meth:`write_data`)."""
+        self.freq_hz = plan.freq_hz
         self.rotate = plan.delta_w_m is not None
         # The first factor of pyuvdata's product (dw * (1/c)) * nu, per row.
-        self.dw_over_c = plan.delta_w_m * (1.0 / _C_M_S) if self.rotate else np.zeros(n_rows)
+        self.dw_over_c = plan.delta_w_m * (1.0 / _C_M_S) if self.rotate else np.zeros(self.n_rows)
         self.recurrence = _evenly_spaced(plan.freq_hz, self.dw_over_c if self.rotate else None)
         self.formula = numpy_product_formula() if self.rotate else 0
-        self.weights = np.empty((n_rows, n_pols), dtype=np.float32)
-        self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-spectra-half")
 
-    def write(self, table: mswrite.MainTable, start: int, vis: np.ndarray, flags: np.ndarray,
-              nsamples: np.ndarray) -> None:
-        """Write rows ``start`` to ``start + len(vis)`` (the file's blocks as read).
+    def _samples(self, flags, nsamples, row0, blocks, turn, fds, release):
+        m = self.map
+        return _samples_pass(flags, nsamples, row0, blocks[:, 0], blocks[:, 1], self.flag_bits[turn],
+                             self.flags[turn], self.nsamples[turn], self.weights, self.conj_rows, m.chan_dst,
+                             m.pol_src, m.pol_src_conj, m.identity, fds["FLAG"], fds["WEIGHT_SPECTRUM"], release)
+
+    def _data(self, vis, row0, blocks, turn, fds, release):
+        m = self.map
+        return _data_pass(vis, row0, blocks[:, 0], blocks[:, 1], self.data[turn], self.dw_over_c, self.freq_hz,
+                          self.rotate, self.recurrence, self.conj_rows, m.chan_dst, m.pol_src, m.pol_src_conj,
+                          self.formula, fds["DATA"], release)
+
+    def write_samples(self, table: mswrite.MainTable, reader: _BlockReader, stop: threading.Event) -> None:
+        """FLAG, WEIGHT_SPECTRUM and WEIGHT of every row.
 
         Raises
         ------
         _InvalidSampleCounts
             A sample count is negative or NaN (the pyuvdata path repairs those).
+        OSError
+            A write failed.
         """
-        n = vis.shape[0]
-        m = self.map
-        turn, self._turn = self._turn, 1 - self._turn
-        data, bits = self.data[turn][:n], self.flag_bits[turn][:n]
-        flags_ms, nsamples_ms = self.flags[turn][: 0 if m.identity else n], self.nsamples[turn][: 0 if m.identity else n]
+        fds = table.direct_files() if reader.mapped else None
+        if fds is not None:
+            flags, nsamples = reader.whole(reader.SAMPLES)
+            for chunk in _chunks(self.blocks, _BLOCKS_PER_CALL):
+                if stop.is_set():
+                    return
+                self._check(*self._samples(flags, nsamples, 0, chunk, 0, fds, True), chunk, table,
+                            lambda lo, hi: self._samples_parts(lo, hi, 0, nsamples[lo:hi]))
+            table.written("FLAG", self.n_rows)
+            table.written("WEIGHT_SPECTRUM", self.n_rows)
+            return
+        none = {"FLAG": -1, "WEIGHT_SPECTRUM": -1}
+        for k, (lo, hi) in enumerate(self.blocks):
+            if stop.is_set():
+                return
+            flags, nsamples = reader.read(lo, hi, reader.SAMPLES)
+            turn = k % 2
+            self._check(*self._samples(flags, nsamples, lo, self.blocks[k:k + 1], turn, none, False),
+                        self.blocks[k:k + 1], table, None)
+            n = hi - lo
+            table.put_spectra(lo, flags=self.flag_bits[turn][:n],
+                              weight_spectrum=nsamples if self.map.identity else self.nsamples[turn][:n])
+            if k:  # put_spectra waited for the block before; its mapped pages may go
+                reader.done(*self.blocks[k - 1], reader.SAMPLES)
 
-        def rows(lo: int, hi: int) -> bool:
-            part = slice(lo, hi)
-            reordered = slice(0, 0) if m.identity else part
-            return _block_kernel(vis[part], flags[part], nsamples[part], data[part], bits[part], flags_ms[reordered],
-                                 nsamples_ms[reordered], self.weights[start + lo:start + hi],
-                                 _flat(vis[part]), _flat(data[part]),
-                                 self.dw_over_c[start + lo:start + hi], self.plan.freq_hz, self.rotate,
-                                 self.recurrence, self.plan.conj_rows[start + lo:start + hi], m.chan_dst, m.pol_src,
-                                 m.pol_src_conj, m.identity, self.formula)
+    def write_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: threading.Event,
+                   helper: ThreadPoolExecutor) -> None:
+        """DATA of every row (after :meth:`rotate_by`); ``helper`` turns every other block.
 
-        if n >= 2 * _MIN_SHARED_ROWS:
-            # Two threads on halves of the block: the kernel releases the GIL.
-            other = self._helper.submit(rows, n // 2, n)
-            valid = rows(0, n // 2)
-            valid = other.result() and valid
-        else:
-            valid = rows(0, n)
-        if not valid:
-            raise _InvalidSampleCounts(f"rows {start}-{start + n}")
-        table.put_spectra(start, data, bits, nsamples if m.identity else nsamples_ms)
+        Raises
+        ------
+        OSError
+            A write failed.
+        """
+        fds = table.direct_files() if reader.mapped else None
+        if fds is not None:
+            (vis,) = reader.whole(reader.DATA)
 
-    def close(self) -> None:
-        """Let the helper thread go."""
-        self._helper.shutdown(wait=True)
+            def every_other(turn: int) -> None:
+                for chunk in _chunks(self.blocks[turn::2], _BLOCKS_PER_CALL):
+                    if stop.is_set():
+                        return
+                    self._check(*self._data(vis, 0, chunk, turn, fds, True), chunk, table,
+                                lambda lo, hi: [("DATA", self.data[turn][:hi - lo])])
+
+            other = helper.submit(every_other, 1)
+            try:
+                every_other(0)
+            except BaseException:
+                stop.set()
+                other.exception()  # wait for it before the buffers and files go
+                raise
+            other.result()
+            table.written("DATA", self.n_rows)
+            return
+        none = {"DATA": -1}
+        for k, (lo, hi) in enumerate(self.blocks):
+            if stop.is_set():
+                return
+            (vis,) = reader.read(lo, hi, reader.DATA)
+            turn = k % 2
+            self._data(vis, lo, self.blocks[k:k + 1], turn, none, False)
+            table.put_spectra(lo, data=self.data[turn][:hi - lo])
+            if k:
+                reader.done(*self.blocks[k - 1], reader.DATA)
+
+    def _samples_parts(self, lo: int, hi: int, turn: int, nsamples: np.ndarray) -> list:
+        """The FLAG and WEIGHT_SPECTRUM bytes of the block ``lo``-``hi`` as last turned (``nsamples``: its counts as read)."""
+        n = hi - lo
+        return [("FLAG", self.flag_bits[turn][:n]),
+                ("WEIGHT_SPECTRUM", nsamples if self.map.identity else self.nsamples[turn][:n])]
+
+    @staticmethod
+    def _check(done: int, code: int, chunk: np.ndarray, table: mswrite.MainTable, parts) -> None:
+        """Raise for a pass that stopped short: invalid samples, or the failed write's own OSError.
+
+        ``parts(lo, hi)`` lists the (column, block) writes of the block that
+        failed; they are redone from Python, where ``os.pwrite`` raises the
+        system's error.
+        """
+        if code == 0:
+            return
+        lo, hi = (int(x) for x in chunk[done])
+        if code == INVALID_SAMPLES:
+            raise _InvalidSampleCounts(f"rows {lo}-{hi}")
+        fds = table.direct_files()
+        for name, block in parts(lo, hi):
+            raw = memoryview(np.ascontiguousarray(block)).cast("B")
+            row_bytes = len(raw) // (hi - lo)
+            written = 0
+            while written < len(raw):
+                written += os.pwrite(fds[name], raw[written:], lo * row_bytes + written)
+        raise OSError(errno.EIO, f"writing rows {lo}-{hi} failed, then succeeded when redone; the disk is unreliable")
 
 
-_MIN_SHARED_ROWS = 256
-"""A block is turned by two threads, half each, when each half has at least this many rows."""
+_BLOCKS_PER_CALL = 4
+"""Blocks turned and written per call of a pass (between two looks at the stop signal)."""
+
+
+def _chunks(blocks: np.ndarray, size: int):
+    for k in range(0, len(blocks), size):
+        yield blocks[k:k + size]
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -1125,71 +1392,81 @@ class _InvalidSampleCounts(Exception):
     """The file has sample counts below zero or not finite (see ``convert._repair_nsamples``)."""
 
 
-def _write_ms(uvd, data: _Data, plan: _Plan, src: Path, path: Path, meanwhile=lambda: None) -> None:
-    """Write the main table, then the subtables, as pyuvdata's ``write_ms`` does.
+def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambda: None) -> _Plan:
+    """Write the main table, then the subtables, as pyuvdata's ``write_ms`` does; returns the plan.
 
-    When the big columns are written directly (:class:`mswrite.MainTable`),
-    a second thread reads, turns and writes them (the numba kernels and the
-    writes release the GIL) while this one writes the other columns and the
-    subtables through casacore, then calls ``meanwhile()``; otherwise one
-    after the other.
+    ``geometry()`` (:func:`_geometry`, on this thread) makes the plan. When
+    the big columns are written directly (:class:`mswrite.MainTable`), a
+    second thread reads, turns and writes them (the numba kernels and the
+    writes release the GIL): first FLAG and WEIGHT_SPECTRUM, which need no
+    geometry, while this one does the geometry; then DATA, while this one
+    writes the other columns and the subtables through casacore and calls
+    ``meanwhile()``. Otherwise one after the other.
     """
     n_rows, n_freqs, n_pols = int(uvd.Nblts), int(uvd.Nfreqs), int(uvd.Npols)
-    if uvd.scan_number_array is None:
-        uvd._set_scan_numbers()  # as write_ms: one scan per contiguous run of a field
+    row_map, conj_rows = _RowMap.from_header(uvd)
     reader = _BlockReader(data, min(ROWS_PER_BLOCK, n_rows), n_freqs, n_pols, src)
-    writer = _VisibilityWriter(plan, min(ROWS_PER_BLOCK, n_rows), n_rows, n_freqs, n_pols)
-    table = mswrite.MainTable(path, n_rows, n_freqs, n_pols)
+    writer = _VisibilityWriter(row_map, conj_rows, min(ROWS_PER_BLOCK, n_rows), n_rows, n_freqs, n_pols)
     stop = threading.Event()
+    planned: Future = Future()
+
+    def plan_now() -> _Plan:
+        plan = geometry()
+        _check_layout(plan, row_map, conj_rows)
+        if uvd.scan_number_array is None:
+            uvd._set_scan_numbers()  # as write_ms: one scan per contiguous run of a field
+        planned.set_result(plan)
+        return plan
+
+    table = None
     try:
+        table = mswrite.MainTable(path, n_rows, n_freqs, n_pols)
         if table.direct:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-spectra") as pool:
-                spectra = pool.submit(_write_spectra, reader, writer, table, uvd, stop)
+                spectra = pool.submit(_write_spectra, reader, writer, table, uvd, stop, planned)
                 try:
+                    plan = plan_now()
                     _write_other_columns(table.open(), uvd)
                     table.close_table()
                     _write_subtables(uvd, plan, path)
                     meanwhile()
-                except BaseException:
+                except BaseException as e:
                     stop.set()
+                    if not planned.done():
+                        planned.set_exception(e)
                     raise
                 spectra.result()
         else:
-            _write_spectra(reader, writer, table, uvd, stop)
+            plan = plan_now()
+            _write_spectra(reader, writer, table, uvd, stop, planned)
             _write_other_columns(table.open(), uvd)
             table.close_table()
             _write_subtables(uvd, plan, path)
             meanwhile()
         table.finish()
+        return plan
     except BaseException:
         stop.set()
-        table.abandon()  # the caller removes the temporary MS
+        if table is not None:
+            table.abandon()  # the caller removes the temporary MS
         raise
-    finally:
-        writer.close()
 
 
 def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswrite.MainTable, uvd,
-                   stop: threading.Event) -> None:
-    """DATA, FLAG and WEIGHT_SPECTRUM block by block, then WEIGHT, SIGMA and UVW.
+                   stop: threading.Event, planned: Future) -> None:
+    """FLAG and WEIGHT_SPECTRUM, then DATA once ``planned`` has the plan; then WEIGHT, SIGMA and UVW.
 
     Raises
     ------
     _InvalidSampleCounts
         A sample count is negative or not finite.
     """
-    n_rows = int(uvd.Nblts)
-    previous = None
-    for start in range(0, n_rows, ROWS_PER_BLOCK):
-        if stop.is_set():
-            return
-        vis, flags, nsamples = reader.read(start, min(start + ROWS_PER_BLOCK, n_rows))
-        writer.write(table, start, vis, flags, nsamples)
-        # The write of this block may still be reading the mapped file (WEIGHT_SPECTRUM
-        # straight from it); the one before is done (MainTable.put_spectra waited for it).
-        if previous is not None:
-            reader.done(*previous)
-        previous = (start, start + vis.shape[0])
+    writer.write_samples(table, reader, stop)
+    writer.rotate_by(planned.result())  # raises what the geometry raised
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-data") as helper:
+        writer.write_data(table, reader, stop, helper)
+    if stop.is_set():
+        return
     weights = writer.weights
     table.put_column("WEIGHT", weights)
     # pyuvdata leaves SIGMA undefined where WEIGHT is 0; we write 0 there.

@@ -348,7 +348,7 @@ class MainTable:
             return
         self.template.write(self.path)
         for name, c in self.template.columns.items():
-            self._files[name] = f = open(self.path / c.file, "wb")
+            self._files[name] = f = open(self.path / c.file, "w+b")  # read too: MainTable.written reads probes back
             os.posix_fallocate(f.fileno(), 0, c.size)
             self._rows_written[name] = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-ms-write")
@@ -358,26 +358,61 @@ class MainTable:
         """Whether the big columns are written directly (else through putcol)."""
         return self.template is not None
 
-    def put_spectra(self, start: int, data: np.ndarray, flags: np.ndarray, weight_spectrum: np.ndarray) -> None:
-        """Write rows ``start`` to ``start + len(data)`` of DATA, FLAG and WEIGHT_SPECTRUM.
+    def put_spectra(self, start: int, data: np.ndarray | None = None, flags: np.ndarray | None = None,
+                    weight_spectrum: np.ndarray | None = None) -> None:
+        """Write rows ``start`` to ``start + n`` of DATA, FLAG and WEIGHT_SPECTRUM, or of those given.
 
-        Returns once the previous block is written; this one may still be
-        being written (do not change its arrays before the next call returns).
+        Each column takes its blocks in row order, on its own: DATA may be
+        written in one pass over the rows and FLAG and WEIGHT_SPECTRUM in
+        another. Returns once the previous blocks are written; these may
+        still be being written (do not change their arrays before the next
+        call returns).
 
         Parameters
         ----------
-        data : ndarray of complex64, shape (n, Nfreqs, Npols)
-        flags : ndarray of bool, same shape; or of uint8, shape (n, ceil(Nfreqs * Npols / 8))
+        data : ndarray of complex64, shape (n, Nfreqs, Npols), optional
+        flags : ndarray of bool, same shape; or of uint8, shape (n, ceil(Nfreqs * Npols / 8)), optional
             FLAG, or FLAG packed (one bit a value, least significant first,
             each row from a new byte; :func:`contimg.fast_convert._pack_flags`).
-        weight_spectrum : ndarray of float32, same shape as ``data``
+        weight_spectrum : ndarray of float32, shape (n, Nfreqs, Npols), optional
         """
         self._wait(keep=0)
-        if flags.dtype == np.uint8 and not self._packed_flags_fit():
+        if flags is not None and flags.dtype == np.uint8 and not self._packed_flags_fit():
             flags = np.unpackbits(flags, axis=1, count=int(np.prod(self.cell)), bitorder="little")
-            flags = flags.astype(bool).reshape(data.shape)
+            flags = flags.astype(bool).reshape((flags.shape[0],) + self.cell)
         for name, block in zip(SPECTRA, (data, flags, weight_spectrum), strict=True):
-            self._put(name, start, block)
+            if block is not None:
+                self._put(name, start, block)
+
+    def direct_files(self) -> dict[str, int] | None:
+        """File descriptors of the DATA, FLAG and WEIGHT_SPECTRUM tile files, for writing rows in place.
+
+        For callers that write blocks of rows themselves (``pwrite`` at row
+        ``r``'s offset, ``r`` times the row's bytes: a complex64, a packed
+        FLAG or a float32 row), then call :meth:`written`. None when the
+        columns are not written directly or a packed FLAG row is not whole
+        bytes.
+        """
+        if not self._packed_flags_fit():
+            return None
+        return {name: self._files[name].fileno() for name in SPECTRA}
+
+    def written(self, name: str, n_rows: int) -> None:
+        """Rows 0 to ``n_rows`` of ``name`` were written through :meth:`direct_files`: note them, and the probes.
+
+        The probe rows are read back from the tile file as written, for
+        :meth:`finish` to compare with what casacore reads.
+        """
+        self._rows_written[name] = n_rows
+        c = self.template.columns[name]
+        for row in (0, self.n_rows // 2, self.n_rows - 1):
+            if row < n_rows:
+                raw = os.pread(self._files[name].fileno(), c.row_bytes, row * c.row_bytes)
+                if name == "FLAG":
+                    value = np.unpackbits(np.frombuffer(raw, np.uint8), count=int(np.prod(self.cell)), bitorder="little")
+                else:
+                    value = np.frombuffer(raw, dtype=_DTYPES[name])
+                self._probes[name, row] = value.astype(_DTYPES[name]).reshape(self.cell)
 
     def _packed_flags_fit(self) -> bool:
         """Whether packed FLAG rows are the tile file's bytes (direct, and whole bytes a row)."""

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -388,12 +390,16 @@ def test_blocks_smaller_than_the_file(raw_files, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("which", ["simulated", "awkward"])
 def test_blocks_turned_by_two_threads(raw_files, tmp_path, monkeypatch, which):
-    """Blocks split between two threads (odd halves included) give the MS of one thread, bit for bit."""
-    monkeypatch.setattr(fast_convert, "_MIN_SHARED_ROWS", 10**9)
+    """Blocks on two threads (alternate blocks, odd last one) written in place: the MS of one block, bit for bit."""
     one = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "one.ms", block_mid_jd=2460953.6260)
-    monkeypatch.setattr(fast_convert, "_MIN_SHARED_ROWS", 1)
     monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 999)
+    monkeypatch.setattr(fast_convert, "_BLOCKS_PER_CALL", 3)  # several calls per pass, the last one short
+    threads = []
+    data_pass = fast_convert._data_pass
+    monkeypatch.setattr(fast_convert, "_data_pass",
+                        lambda *a: threads.append(threading.get_ident()) or data_pass(*a))
     two = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "two.ms", block_mid_jd=2460953.6260)
+    assert len(set(threads)) == 2, "the DATA pass did not run on two threads"
     for col in ("DATA", "FLAG", "WEIGHT_SPECTRUM", "WEIGHT", "SIGMA", "UVW"):
         a, b = _column(Path(two.ms_path), col), _column(Path(one.ms_path), col)
         assert a.tobytes() == b.tobytes(), col
@@ -516,9 +522,13 @@ def test_direct_layout_self_test_and_probes(tmp_path):
         table.finish()
 
 
-@pytest.mark.parametrize("where", ["template", "spectra thread"])
-def test_disk_full_while_writing_directly(raw_files, tmp_path, monkeypatch, where):
-    """A full disk while the big columns are written: TransientError, no temporary MS, the old MS kept."""
+@pytest.mark.parametrize("where", ["template", "FLAG", "DATA", "h5py blocks"])
+def test_disk_full_while_writing_directly(raw_files, tmp_path, monkeypatch, request, where):
+    """A full disk while the big columns are written: TransientError, no temporary MS, the old MS kept.
+
+    ``FLAG`` and ``DATA``: the tile file's writes in the passes without the
+    GIL go to ``/dev/full`` (every write fails with ENOSPC).
+    """
     from contimg import mswrite
 
     ms = tmp_path / "sb.ms"
@@ -530,7 +540,7 @@ def test_disk_full_while_writing_directly(raw_files, tmp_path, monkeypatch, wher
             path.mkdir()
             raise full
         monkeypatch.setattr(mswrite._Template, "write", no_space)
-    else:
+    elif where == "h5py blocks":
         as_bytes = mswrite._as_bytes
         calls = []
 
@@ -540,6 +550,19 @@ def test_disk_full_while_writing_directly(raw_files, tmp_path, monkeypatch, wher
                 raise full
             return as_bytes(name, block)
         monkeypatch.setattr(mswrite, "_as_bytes", no_space)
+        monkeypatch.setattr(fast_convert, "_map_datasets", lambda data, path: (None, None))
+        monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 1000)  # several blocks
+    else:
+        if not os.path.exists("/dev/full"):
+            pytest.skip("no /dev/full on this system to fail writes with ENOSPC")
+        dev_full = os.open("/dev/full", os.O_WRONLY)
+        request.addfinalizer(lambda: os.close(dev_full))
+        direct_files = mswrite.MainTable.direct_files
+
+        def to_dev_full(self):
+            fds = direct_files(self)
+            return None if fds is None else {**fds, where: dev_full}
+        monkeypatch.setattr(mswrite.MainTable, "direct_files", to_dev_full)
         monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 1000)  # several blocks
     with pytest.raises(TransientError, match="sb.ms"):
         fast_convert.convert_subband_fast(raw_files["simulated"], ms)
