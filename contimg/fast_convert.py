@@ -242,7 +242,9 @@ def _read_header(f, path: Path):
         uvd = UVData()
         # Read from the open handle: the header is read once, here, and the
         # data sets later, block by block, from the same handle.
-        uvd.read(meta, file_type="uvh5", read_data=False, run_check=False)
+        # Without the LST check (run_check_acceptability): it only warns, and the
+        # stored LSTs are discarded and recomputed (see _check_header).
+        uvd.read(meta, file_type="uvh5", read_data=False, run_check=False, run_check_acceptability=False)
     except (OSError, KeyError, AttributeError, ValueError, TypeError, IndexError, RuntimeError) as e:
         raise _not_uvh5(path, e) from e
     # As in convert.read_subband: widen the float32 UVWs (recomputed anyway)
@@ -1085,7 +1087,7 @@ _PAGE = mmap.PAGESIZE
 _MADV_DONTNEED = int(getattr(mmap, "MADV_DONTNEED", 4))
 
 WRITE_FAILED = 2
-"""A pass's code: a write failed (:func:`_redo_write` finds out why)."""
+"""A pass's code: a write failed (:meth:`_VisibilityWriter._check` finds out why)."""
 INVALID_SAMPLES = 1
 """A pass's code: a sample count is negative or NaN."""
 
@@ -1111,19 +1113,49 @@ def _release(block, page, advice):
         _madvise(lo, hi - lo, advice)
 
 
+@numba.extending.intrinsic
+def _fetch_add(typingctx, counter, value):
+    """``counter[0] += value`` as one atomic step; returns the value before (LLVM's ``atomicrmw add``)."""
+    if not (isinstance(counter, numba.types.Array) and counter.dtype == numba.types.int64 and counter.ndim == 1):
+        return None
+    sig = numba.types.int64(counter, numba.types.int64)
+
+    def codegen(context, builder, signature, args):
+        array, step = args
+        return builder.atomic_rmw("add", context.make_array(signature.args[0])(context, builder, array).data, step,
+                                  "seq_cst")
+
+    return sig, codegen
+
+
 @numba.njit(cache=True, nogil=True)
-def _samples_pass(flags, nsamples, row0, starts, stops, flag_bits, flags_ms, nsamples_ms, weights, conj, chan_dst,
-                  pol_src, pol_src_conj, identity, fd_flag, fd_weight_spectrum, release):
+def _next_block(counter, stop, n_blocks):
+    """The next block nobody has taken (-1: none left, or ``stop`` is set)."""
+    if _fetch_add(stop, 0) != 0:
+        return -1
+    k = _fetch_add(counter, 1)
+    return k if k < n_blocks else -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _samples_pass(flags, nsamples, row0, starts, stops, counter, stop, flag_bits, flags_ms, nsamples_ms, weights, conj,
+                  chan_dst, pol_src, pol_src_conj, identity, fd_flag, fd_weight_spectrum, release):
     """FLAG (packed) and WEIGHT_SPECTRUM of blocks of rows, written to their tile files, and WEIGHT.
+
+    Takes blocks in turn from ``counter`` (shared with any other thread
+    running the pass on the same blocks) until none is left or ``stop[0]``
+    is set.
 
     Parameters
     ----------
     flags, nsamples : ndarray, shape (rows, Nfreqs, Npols)
         The file's rows from ``row0`` on (the whole mapped data set, or one block read).
     starts, stops : ndarray of int64
-        The blocks (file rows), in order.
+        The blocks (file rows).
+    counter, stop : ndarray of int64, shape (1,)
+        The next block to take, and the stop signal.
     flag_bits, flags_ms, nsamples_ms : ndarray
-        Buffers of one block (``flags_ms`` and ``nsamples_ms`` empty when ``identity``).
+        Buffers of one block, this thread's (``flags_ms`` and ``nsamples_ms`` empty when ``identity``).
     weights : ndarray of float32, shape (Nblts, Npols)
         WEIGHT, written.
     fd_flag, fd_weight_spectrum : int
@@ -1135,47 +1167,67 @@ def _samples_pass(flags, nsamples, row0, starts, stops, flag_bits, flags_ms, nsa
     Returns
     -------
     (int, int)
-        Blocks done, and 0, :data:`INVALID_SAMPLES` or :data:`WRITE_FAILED`
-        (then the first block not done is the one that failed).
+        (-1, 0) when done; else the block that failed, and
+        :data:`INVALID_SAMPLES` or :data:`WRITE_FAILED` (``stop`` is then set).
     """
     flag_row, ws_row = flag_bits.shape[1], nsamples.shape[1] * nsamples.shape[2] * 4
-    for i in range(starts.size):
-        lo, hi = starts[i], stops[i]
+    while True:
+        k = _next_block(counter, stop, starts.size)
+        if k < 0:
+            return -1, 0
+        lo, hi = starts[k], stops[k]
         n = hi - lo
         f, s = flags[lo - row0:hi - row0], nsamples[lo - row0:hi - row0]
         bits = flag_bits[:n]
         f_ms, s_ms = flags_ms[:0 if identity else n], nsamples_ms[:0 if identity else n]
         if not _samples_kernel(f, s, bits, f_ms, s_ms, weights[lo:hi], conj[lo:hi], chan_dst, pol_src, pol_src_conj,
                                identity):
-            return i, INVALID_SAMPLES
+            _fetch_add(stop, 1)
+            return k, INVALID_SAMPLES
         if fd_flag >= 0:
             ws = s if identity else s_ms
             if not (_write_all(fd_flag, bits.ctypes.data, n * flag_row, lo * flag_row)
                     and _write_all(fd_weight_spectrum, ws.ctypes.data, n * ws_row, lo * ws_row)):
-                return i, WRITE_FAILED
+                _fetch_add(stop, 1)
+                return k, WRITE_FAILED
         if release:
             _release(f, _PAGE, _MADV_DONTNEED)
             _release(s, _PAGE, _MADV_DONTNEED)
-    return starts.size, 0
 
 
 @numba.njit(cache=True, nogil=True)
-def _data_pass(vis, row0, starts, stops, data, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst, pol_src,
-               pol_src_conj, formula, fd_data, release):
+def _data_pass(vis, row0, starts, stops, counter, stop, data, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst,
+               pol_src, pol_src_conj, formula, fd_data, release):
     """DATA of blocks of rows (:func:`_data_kernel`), written to its tile file; as :func:`_samples_pass`."""
     data_row = data.shape[1] * data.shape[2] * 8
-    for i in range(starts.size):
-        lo, hi = starts[i], stops[i]
+    while True:
+        k = _next_block(counter, stop, starts.size)
+        if k < 0:
+            return -1, 0
+        lo, hi = starts[k], stops[k]
         n = hi - lo
         v, out = vis[lo - row0:hi - row0], data[:n]
         _data_kernel(v, out, v.reshape(n, -1).view(v.real.dtype), out.reshape(n, -1).view(np.float32),
                      dw_over_c[lo:hi], freq_hz, rotate, recurrence, conj[lo:hi], chan_dst, pol_src, pol_src_conj,
                      formula)
         if fd_data >= 0 and not _write_all(fd_data, out.ctypes.data, n * data_row, lo * data_row):
-            return i, WRITE_FAILED
+            _fetch_add(stop, 1)
+            return k, WRITE_FAILED
         if release:
             _release(v, _PAGE, _MADV_DONTNEED)
-    return starts.size, 0
+
+
+class _Stop:
+    """A stop signal seen by Python threads and by the passes running without the GIL."""
+
+    def __init__(self):
+        self.flag = np.zeros(1, dtype=np.int64)
+
+    def set(self) -> None:
+        self.flag[0] = 1
+
+    def is_set(self) -> bool:
+        return bool(self.flag[0])
 
 
 # ---------------------------------------------------------------------------
@@ -1222,10 +1274,10 @@ class _VisibilityWriter:
     geometry).
 
     When the file is mapped and the table's tile files can be written in
-    place (:meth:`mswrite.MainTable.direct_files`), a pass is a few calls of
-    :func:`_samples_pass` or :func:`_data_pass` that turn and write
-    :data:`_BLOCKS_PER_CALL` blocks each without the GIL, the DATA pass on
-    two threads (alternate blocks, a buffer each). Otherwise each block is
+    place (:meth:`mswrite.MainTable.direct_files`), a pass is one call of
+    :func:`_samples_pass` or :func:`_data_pass` that turns and writes every
+    block without the GIL; the DATA pass runs on two threads, which take the
+    blocks in turn from a shared counter (a buffer each). Otherwise each block is
     read (:class:`_BlockReader`), turned and handed to
     :meth:`mswrite.MainTable.put_spectra`, two buffers in turn: a block may
     still be on its way to disk while the next is turned. Where the file's
@@ -1257,19 +1309,20 @@ class _VisibilityWriter:
         self.recurrence = _evenly_spaced(plan.freq_hz, self.dw_over_c if self.rotate else None)
         self.formula = numpy_product_formula() if self.rotate else 0
 
-    def _samples(self, flags, nsamples, row0, blocks, turn, fds, release):
+    def _samples(self, flags, nsamples, row0, blocks, stop, turn, fds, release):
         m = self.map
-        return _samples_pass(flags, nsamples, row0, blocks[:, 0], blocks[:, 1], self.flag_bits[turn],
-                             self.flags[turn], self.nsamples[turn], self.weights, self.conj_rows, m.chan_dst,
-                             m.pol_src, m.pol_src_conj, m.identity, fds["FLAG"], fds["WEIGHT_SPECTRUM"], release)
+        return _samples_pass(flags, nsamples, row0, blocks[:, 0], blocks[:, 1], np.zeros(1, dtype=np.int64),
+                             stop.flag, self.flag_bits[turn], self.flags[turn], self.nsamples[turn], self.weights,
+                             self.conj_rows, m.chan_dst, m.pol_src, m.pol_src_conj, m.identity, fds["FLAG"],
+                             fds["WEIGHT_SPECTRUM"], release)
 
-    def _data(self, vis, row0, blocks, turn, fds, release):
+    def _data(self, vis, row0, blocks, counter, stop, turn, fds, release):
         m = self.map
-        return _data_pass(vis, row0, blocks[:, 0], blocks[:, 1], self.data[turn], self.dw_over_c, self.freq_hz,
-                          self.rotate, self.recurrence, self.conj_rows, m.chan_dst, m.pol_src, m.pol_src_conj,
-                          self.formula, fds["DATA"], release)
+        return _data_pass(vis, row0, blocks[:, 0], blocks[:, 1], counter, stop.flag, self.data[turn], self.dw_over_c,
+                          self.freq_hz, self.rotate, self.recurrence, self.conj_rows, m.chan_dst, m.pol_src,
+                          m.pol_src_conj, self.formula, fds["DATA"], release)
 
-    def write_samples(self, table: mswrite.MainTable, reader: _BlockReader, stop: threading.Event) -> None:
+    def write_samples(self, table: mswrite.MainTable, reader: _BlockReader, stop: _Stop) -> None:
         """FLAG, WEIGHT_SPECTRUM and WEIGHT of every row.
 
         Raises
@@ -1282,13 +1335,11 @@ class _VisibilityWriter:
         fds = table.direct_files() if reader.mapped else None
         if fds is not None:
             flags, nsamples = reader.whole(reader.SAMPLES)
-            for chunk in _chunks(self.blocks, _BLOCKS_PER_CALL):
-                if stop.is_set():
-                    return
-                self._check(*self._samples(flags, nsamples, 0, chunk, 0, fds, True), chunk, table,
-                            lambda lo, hi: self._samples_parts(lo, hi, 0, nsamples[lo:hi]))
-            table.written("FLAG", self.n_rows)
-            table.written("WEIGHT_SPECTRUM", self.n_rows)
+            block, code = self._samples(flags, nsamples, 0, self.blocks, stop, 0, fds, True)
+            self._check(block, code, table, lambda lo, hi: self._samples_parts(lo, hi, 0, nsamples[lo:hi]))
+            if not stop.is_set():
+                table.written("FLAG", self.n_rows)
+                table.written("WEIGHT_SPECTRUM", self.n_rows)
             return
         none = {"FLAG": -1, "WEIGHT_SPECTRUM": -1}
         for k, (lo, hi) in enumerate(self.blocks):
@@ -1296,17 +1347,17 @@ class _VisibilityWriter:
                 return
             flags, nsamples = reader.read(lo, hi, reader.SAMPLES)
             turn = k % 2
-            self._check(*self._samples(flags, nsamples, lo, self.blocks[k:k + 1], turn, none, False),
-                        self.blocks[k:k + 1], table, None)
+            block, code = self._samples(flags, nsamples, lo, self.blocks[k:k + 1], stop, turn, none, False)
+            self._check(k if code else -1, code, table, None)
             n = hi - lo
             table.put_spectra(lo, flags=self.flag_bits[turn][:n],
                               weight_spectrum=nsamples if self.map.identity else self.nsamples[turn][:n])
             if k:  # put_spectra waited for the block before; its mapped pages may go
                 reader.done(*self.blocks[k - 1], reader.SAMPLES)
 
-    def write_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: threading.Event,
+    def write_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: _Stop,
                    helper: ThreadPoolExecutor) -> None:
-        """DATA of every row (after :meth:`rotate_by`); ``helper`` turns every other block.
+        """DATA of every row (after :meth:`rotate_by`), on this thread and ``helper``'s, blocks taken in turn.
 
         Raises
         ------
@@ -1316,23 +1367,16 @@ class _VisibilityWriter:
         fds = table.direct_files() if reader.mapped else None
         if fds is not None:
             (vis,) = reader.whole(reader.DATA)
-
-            def every_other(turn: int) -> None:
-                for chunk in _chunks(self.blocks[turn::2], _BLOCKS_PER_CALL):
-                    if stop.is_set():
-                        return
-                    self._check(*self._data(vis, 0, chunk, turn, fds, True), chunk, table,
-                                lambda lo, hi: [("DATA", self.data[turn][:hi - lo])])
-
-            other = helper.submit(every_other, 1)
+            counter = np.zeros(1, dtype=np.int64)
+            other = helper.submit(self._data, vis, 0, self.blocks, counter, stop, 1, fds, True)
             try:
-                every_other(0)
-            except BaseException:
-                stop.set()
-                other.exception()  # wait for it before the buffers and files go
-                raise
-            other.result()
-            table.written("DATA", self.n_rows)
+                mine = self._data(vis, 0, self.blocks, counter, stop, 0, fds, True)
+            finally:
+                theirs = other.result()  # also when this thread failed: the buffers must outlive the pass
+            for turn, (block, code) in enumerate((mine, theirs)):
+                self._check(block, code, table, lambda lo, hi, turn=turn: [("DATA", self.data[turn][:hi - lo])])
+            if not stop.is_set():
+                table.written("DATA", self.n_rows)
             return
         none = {"DATA": -1}
         for k, (lo, hi) in enumerate(self.blocks):
@@ -1340,7 +1384,7 @@ class _VisibilityWriter:
                 return
             (vis,) = reader.read(lo, hi, reader.DATA)
             turn = k % 2
-            self._data(vis, lo, self.blocks[k:k + 1], turn, none, False)
+            self._data(vis, lo, self.blocks[k:k + 1], np.zeros(1, dtype=np.int64), stop, turn, none, False)
             table.put_spectra(lo, data=self.data[turn][:hi - lo])
             if k:
                 reader.done(*self.blocks[k - 1], reader.DATA)
@@ -1351,8 +1395,7 @@ class _VisibilityWriter:
         return [("FLAG", self.flag_bits[turn][:n]),
                 ("WEIGHT_SPECTRUM", nsamples if self.map.identity else self.nsamples[turn][:n])]
 
-    @staticmethod
-    def _check(done: int, code: int, chunk: np.ndarray, table: mswrite.MainTable, parts) -> None:
+    def _check(self, block: int, code: int, table: mswrite.MainTable, parts) -> None:
         """Raise for a pass that stopped short: invalid samples, or the failed write's own OSError.
 
         ``parts(lo, hi)`` lists the (column, block) writes of the block that
@@ -1361,26 +1404,17 @@ class _VisibilityWriter:
         """
         if code == 0:
             return
-        lo, hi = (int(x) for x in chunk[done])
+        lo, hi = (int(x) for x in self.blocks[block])
         if code == INVALID_SAMPLES:
             raise _InvalidSampleCounts(f"rows {lo}-{hi}")
         fds = table.direct_files()
-        for name, block in parts(lo, hi):
-            raw = memoryview(np.ascontiguousarray(block)).cast("B")
+        for name, rows in parts(lo, hi):
+            raw = memoryview(np.ascontiguousarray(rows)).cast("B")
             row_bytes = len(raw) // (hi - lo)
             written = 0
             while written < len(raw):
                 written += os.pwrite(fds[name], raw[written:], lo * row_bytes + written)
         raise OSError(errno.EIO, f"writing rows {lo}-{hi} failed, then succeeded when redone; the disk is unreliable")
-
-
-_BLOCKS_PER_CALL = 4
-"""Blocks turned and written per call of a pass (between two looks at the stop signal)."""
-
-
-def _chunks(blocks: np.ndarray, size: int):
-    for k in range(0, len(blocks), size):
-        yield blocks[k:k + size]
 
 
 def _flat(a: np.ndarray) -> np.ndarray:
@@ -1407,7 +1441,7 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
     row_map, conj_rows = _RowMap.from_header(uvd)
     reader = _BlockReader(data, min(ROWS_PER_BLOCK, n_rows), n_freqs, n_pols, src)
     writer = _VisibilityWriter(row_map, conj_rows, min(ROWS_PER_BLOCK, n_rows), n_rows, n_freqs, n_pols)
-    stop = threading.Event()
+    stop = _Stop()
     planned: Future = Future()
 
     def plan_now() -> _Plan:
@@ -1420,13 +1454,13 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
 
     table = None
     try:
-        table = mswrite.MainTable(path, n_rows, n_freqs, n_pols)
+        table = mswrite.MainTable(path, n_rows, n_freqs, n_pols, preset=_likely_constants(uvd))
         if table.direct:
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-spectra") as pool:
                 spectra = pool.submit(_write_spectra, reader, writer, table, uvd, stop, planned)
                 try:
                     plan = plan_now()
-                    _write_other_columns(table.open(), uvd)
+                    _write_other_columns(table.open(), uvd, table.preset)
                     table.close_table()
                     _write_subtables(uvd, plan, path)
                     meanwhile()
@@ -1439,7 +1473,7 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
         else:
             plan = plan_now()
             _write_spectra(reader, writer, table, uvd, stop, planned)
-            _write_other_columns(table.open(), uvd)
+            _write_other_columns(table.open(), uvd, table.preset)
             table.close_table()
             _write_subtables(uvd, plan, path)
             meanwhile()
@@ -1453,7 +1487,7 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
 
 
 def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswrite.MainTable, uvd,
-                   stop: threading.Event, planned: Future) -> None:
+                   stop: _Stop, planned: Future) -> None:
     """FLAG and WEIGHT_SPECTRUM, then DATA once ``planned`` has the plan; then WEIGHT, SIGMA and UVW.
 
     Raises
@@ -1476,19 +1510,44 @@ def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswri
     table.put_column("UVW", -uvd.uvw_array)  # the flip_conj convention of the DATA
 
 
-def _write_other_columns(ms, uvd) -> None:
-    """The main table's columns other than :func:`_write_spectra`'s, and its keywords, through casacore."""
+def _likely_constants(uvd) -> dict:
+    """Values the main table's scalar columns will likely hold in every row, from the header (see ``preset``).
+
+    One integration time for INTERVAL and EXPOSURE, when the file has one;
+    one field (0) and one scan (1): the geometry phases every row to one
+    centre. Only a guess: :func:`_write_other_columns` writes any column
+    whose values turn out otherwise.
+    """
+    times = np.asarray(uvd.integration_time, dtype=np.float64)
+    guess = {"DATA_DESC_ID": 0, "FIELD_ID": 0, "SCAN_NUMBER": 1}
+    if times.size and np.all(times == times[0]):
+        guess.update(INTERVAL=float(times[0]), EXPOSURE=float(times[0]))
+    return guess
+
+
+def _write_other_columns(ms, uvd, preset: dict) -> None:
+    """The main table's columns other than :func:`_write_spectra`'s, and its keywords, through casacore.
+
+    A scalar column whose values are all the one the table holds already
+    (``preset``, :attr:`mswrite.MainTable.preset`) is not written again.
+    """
     from astropy.time import Time
+
+    def put(name: str, values) -> None:
+        values = np.asarray(values)
+        if name in preset and values.size and np.all(values == preset[name]):
+            return
+        ms.putcol(name, values)
 
     n_rows = int(uvd.Nblts)
     ms.putcolkeyword("DATA", "QuantumUnits", uvd.vis_units)
     ms.putcol("ANTENNA1", uvd.ant_1_array)
     ms.putcol("ANTENNA2", uvd.ant_2_array)
     # INTERVAL and EXPOSURE: UVData has one integration time for both.
-    ms.putcol("INTERVAL", uvd.integration_time)
-    ms.putcol("EXPOSURE", uvd.integration_time)
-    ms.putcol("DATA_DESC_ID", np.zeros(n_rows, dtype=np.int32))
-    ms.putcol("SCAN_NUMBER", uvd.scan_number_array)
+    put("INTERVAL", uvd.integration_time)
+    put("EXPOSURE", uvd.integration_time)
+    put("DATA_DESC_ID", np.zeros(n_rows, dtype=np.int32))
+    put("SCAN_NUMBER", uvd.scan_number_array)
     # MS time is MJD seconds (UTC); astropy once per distinct time.
     times, index = np.unique(uvd.time_array, return_inverse=True)
     mjd_s = (Time(times, format="jd", scale="utc").mjd * 86400.0)[index]
@@ -1497,7 +1556,7 @@ def _write_other_columns(ms, uvd) -> None:
     field_ids = np.empty_like(uvd.phase_center_id_array)
     for idx, cat_id in enumerate(uvd.phase_center_catalog):
         field_ids[uvd.phase_center_id_array == cat_id] = idx
-    ms.putcol("FIELD_ID", field_ids)
+    put("FIELD_ID", field_ids)
     if uvd.extra_keywords:
         ms.putkeyword("pyuvdata_extra", uvd.extra_keywords)
     if uvd.pol_convention is not None:

@@ -153,6 +153,8 @@ class _Template:
     directories: tuple[str, ...]
     files: tuple[tuple[str, bytes], ...]
     columns: dict[str, _ColumnFile]
+    preset: dict
+    """Scalar columns holding one value in every row (see :func:`_template`)."""
 
     def write(self, path: Path) -> None:
         """Lay the template out at ``path`` (which must not exist)."""
@@ -195,30 +197,40 @@ def _column_files(table, n_rows: int) -> dict[str, _ColumnFile] | None:
     return out if out.keys() == _DTYPES.keys() else None
 
 
-_templates: dict[tuple[int, int, int], _Template | None] = {}
+_templates: dict[tuple, _Template | None] = {}
+_MAX_TEMPLATES = 4
+"""Templates kept per process (each ~3 MB; a DSA-110 worker needs one)."""
 
 
-def _template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path) -> _Template | None:
+def _template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path, preset: dict | None = None) -> _Template | None:
     """casacore's own empty MS of this size, made once per process; None if the direct layout does not hold.
 
     casacore writes the template's columns in full (zeros: 385 MB for a
     ``full`` subband, 0.2 s), so it is made in ``workdir`` (the directory of
     the MS about to be written: the node's scratch disk, not /tmp) and
-    removed once its small files are in memory.
+    removed once its small files are in memory. ``preset`` gives scalar
+    columns (of the incremental storage manager) a value in every row of the
+    template: a column the MS then needs with that value throughout need not
+    be written (:meth:`MainTable.preset`).
     """
-    key = (n_rows, n_freqs, n_pols)
+    preset = dict(sorted((preset or {}).items()))
+    key = (n_rows, n_freqs, n_pols, tuple(preset.items()))
     if key not in _templates:
-        _templates[key] = _make_template(n_rows, n_freqs, n_pols, workdir)
+        while len(_templates) >= _MAX_TEMPLATES:
+            _templates.pop(next(iter(_templates)))
+        _templates[key] = _make_template(n_rows, n_freqs, n_pols, workdir, preset)
     return _templates[key]
 
 
-def _make_template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path) -> _Template | None:
+def _make_template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path, preset: dict) -> _Template | None:
     if not _direct_layout_works(n_freqs, n_pols):
         return None
     path = Path(tempfile.mkdtemp(prefix=".contimg-ms-template-", dir=workdir)) / "template.ms"
     t = create_table(path, n_freqs, n_pols)
     try:
         t.addrows(n_rows)
+        for name, value in preset.items():
+            t.putcol(name, np.full(n_rows, value, dtype=t.getcol(name, 0, 1).dtype))
         t.flush()
         columns = _column_files(t, n_rows)
     finally:
@@ -235,7 +247,7 @@ def _make_template(n_rows: int, n_freqs: int, n_pols: int, workdir: Path) -> _Te
             directories += [str(rel / d) for d in sorted(dirs)]
             files += [(str(rel / n), (Path(root) / n).read_bytes()) for n in sorted(names)
                       if not (rel == Path(".") and n in direct)]
-        return _Template(tuple(directories), tuple(files), columns)
+        return _Template(tuple(directories), tuple(files), columns, dict(preset))
     finally:
         shutil.rmtree(path.parent, ignore_errors=True)
 
@@ -303,6 +315,7 @@ class MainTable:
         for start, ...:
             mt.put_spectra(start, data, flags, weight_spectrum)
         mt.put_column("UVW", uvw)        # WEIGHT, SIGMA, UVW: whole columns
+        # or: pwrite rows into direct_files() yourself, then written(name, n_rows)
         t = mt.open()                    # casacore table, for the other columns
         ...
         mt.close_table()                 # then the subtables, through casacore
@@ -329,13 +342,19 @@ class MainTable:
     direct : bool
         Write the spectra, WEIGHT, SIGMA and UVW directly when the layout
         allows it (the default); False forces putcol.
+    preset : dict, optional
+        Values that scalar columns of the incremental storage manager are
+        likely to hold in every row (``{"INTERVAL": 12.88, ...}``): the
+        template holds them already (:attr:`preset`), and a column the MS
+        needs with that value throughout need not be written.
     """
 
-    def __init__(self, path: str | os.PathLike, n_rows: int, n_freqs: int, n_pols: int, *, direct: bool = True):
+    def __init__(self, path: str | os.PathLike, n_rows: int, n_freqs: int, n_pols: int, *, direct: bool = True,
+                 preset: dict | None = None):
         self.path = Path(path)
         self.n_rows = n_rows
         self.cell = (n_freqs, n_pols)
-        self.template = _template(n_rows, n_freqs, n_pols, self.path.parent) if direct else None
+        self.template = _template(n_rows, n_freqs, n_pols, self.path.parent, preset) if direct else None
         self._table = None
         self._files: dict[str, object] = {}
         self._rows_written: dict[str, int] = {}
@@ -352,6 +371,11 @@ class MainTable:
             os.posix_fallocate(f.fileno(), 0, c.size)
             self._rows_written[name] = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-ms-write")
+
+    @property
+    def preset(self) -> dict:
+        """Scalar columns that already hold one value in every row (the ``preset`` taken), by name."""
+        return self.template.preset if self.template is not None else {}
 
     @property
     def direct(self) -> bool:

@@ -390,10 +390,9 @@ def test_blocks_smaller_than_the_file(raw_files, tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("which", ["simulated", "awkward"])
 def test_blocks_turned_by_two_threads(raw_files, tmp_path, monkeypatch, which):
-    """Blocks on two threads (alternate blocks, odd last one) written in place: the MS of one block, bit for bit."""
+    """Blocks taken in turn by two threads and written in place: the MS of one block, bit for bit."""
     one = fast_convert.convert_subband_fast(raw_files[which], tmp_path / "one.ms", block_mid_jd=2460953.6260)
-    monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 999)
-    monkeypatch.setattr(fast_convert, "_BLOCKS_PER_CALL", 3)  # several calls per pass, the last one short
+    monkeypatch.setattr(fast_convert, "ROWS_PER_BLOCK", 999)  # several blocks, the last one short
     threads = []
     data_pass = fast_convert._data_pass
     monkeypatch.setattr(fast_convert, "_data_pass",
@@ -403,6 +402,18 @@ def test_blocks_turned_by_two_threads(raw_files, tmp_path, monkeypatch, which):
     for col in ("DATA", "FLAG", "WEIGHT_SPECTRUM", "WEIGHT", "SIGMA", "UVW"):
         a, b = _column(Path(two.ms_path), col), _column(Path(one.ms_path), col)
         assert a.tobytes() == b.tobytes(), col
+
+
+def test_wrong_preset_guess_is_written_over(raw_files, tmp_path, monkeypatch):
+    """A template preset with values the file does not have: those columns are written, the MS is the same."""
+    right = fast_convert.convert_subband_fast(raw_files["simulated"], tmp_path / "right.ms")
+    with _table(Path(right.ms_path)) as t:
+        assert len(set(t.getcol("INTERVAL"))) == 1 and set(t.getcol("SCAN_NUMBER")) == {1}
+    monkeypatch.setattr(fast_convert, "_likely_constants",
+                        lambda uvd: {"INTERVAL": 1.5, "EXPOSURE": 2.5, "SCAN_NUMBER": 7, "FIELD_ID": 3})
+    wrong = fast_convert.convert_subband_fast(raw_files["simulated"], tmp_path / "wrong.ms")
+    for col in ("INTERVAL", "EXPOSURE", "SCAN_NUMBER", "FIELD_ID", "DATA_DESC_ID", "TIME"):
+        np.testing.assert_array_equal(_column(Path(wrong.ms_path), col), _column(Path(right.ms_path), col))
 
 
 # ---------------------------------------------------------------------------
