@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import gc
 import logging
 import math
 import mmap
@@ -365,6 +366,17 @@ class _BlockReader:
         ]
         self._turn = {self.DATA: 0, self.SAMPLES: 0}  # each pass over the rows uses the two sets in turn
         self._compound = data.visdata.dtype not in (np.complex64, np.complex128)
+
+    def release(self) -> None:
+        """Let every mapped page and read buffer go now, whoever still holds this reader.
+
+        Exceptions that astropy keeps while guessing time formats hold the
+        frames of the conversion (and so this reader) in reference cycles
+        until the next full collection; the pages and buffers need not wait.
+        """
+        if self._mapped is not None:
+            self._map.madvise(mmap.MADV_DONTNEED)
+        self._buffers = []
 
     @property
     def mapped(self) -> bool:
@@ -1300,6 +1312,11 @@ class _VisibilityWriter:
         self.blocks = np.array([(lo, min(lo + n_block, n_rows)) for lo in range(0, n_rows, n_block)],
                                dtype=np.int64).reshape(-1, 2)
 
+    def release(self) -> None:
+        """Drop the buffers now (see :meth:`_BlockReader.release`); WEIGHT, already written, goes too."""
+        self.data = self.flag_bits = self.flags = self.nsamples = []
+        self.weights = self.dw_over_c = None
+
     def rotate_by(self, plan: _Plan) -> None:
         """Take the rotation of the plan (before :meth:`write_data`)."""
         self.freq_hz = plan.freq_hz
@@ -1464,6 +1481,10 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
                     table.close_table()
                     _write_subtables(uvd, plan, path)
                     meanwhile()
+                    # Reference cycles of the geometry (exceptions astropy keeps while guessing
+                    # time formats hold the frames of this conversion) would keep its metadata
+                    # until a full collection: the young generations, 3 ms, while DATA is written.
+                    gc.collect(1)
                 except BaseException as e:
                     stop.set()
                     if not planned.done():
@@ -1484,6 +1505,9 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
         if table is not None:
             table.abandon()  # the caller removes the temporary MS
         raise
+    finally:
+        reader.release()
+        writer.release()
 
 
 def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswrite.MainTable, uvd,
