@@ -53,7 +53,6 @@ import logging
 import math
 import mmap
 import os
-import threading
 import time
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -1372,20 +1371,30 @@ class _VisibilityWriter:
             if k:  # put_spectra waited for the block before; its mapped pages may go
                 reader.done(*self.blocks[k - 1], reader.SAMPLES)
 
-    def write_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: _Stop,
+    def start_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: _Stop,
                    helper: ThreadPoolExecutor) -> None:
-        """DATA of every row (after :meth:`rotate_by`), on this thread and ``helper``'s, blocks taken in turn.
+        """Start the DATA pass on ``helper`` (after :meth:`rotate_by`), when the pass can run without the GIL.
+
+        The thread of :meth:`write_samples` joins it when done there
+        (:meth:`write_data`), the two taking the blocks in turn.
+        """
+        self._pass = None
+        fds = table.direct_files() if reader.mapped else None
+        if fds is not None:
+            (vis,) = reader.whole(reader.DATA)
+            counter = np.zeros(1, dtype=np.int64)
+            self._pass = (vis, counter, fds, helper.submit(self._data, vis, 0, self.blocks, counter, stop, 1, fds, True))
+
+    def write_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: _Stop) -> None:
+        """DATA of every row (after :meth:`start_data`): this thread's share of the pass, or block by block.
 
         Raises
         ------
         OSError
             A write failed.
         """
-        fds = table.direct_files() if reader.mapped else None
-        if fds is not None:
-            (vis,) = reader.whole(reader.DATA)
-            counter = np.zeros(1, dtype=np.int64)
-            other = helper.submit(self._data, vis, 0, self.blocks, counter, stop, 1, fds, True)
+        if self._pass is not None:
+            vis, counter, fds, other = self._pass
             try:
                 mine = self._data(vis, 0, self.blocks, counter, stop, 0, fds, True)
             finally:
@@ -1466,10 +1475,14 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
         _check_layout(plan, row_map, conj_rows)
         if uvd.scan_number_array is None:
             uvd._set_scan_numbers()  # as write_ms: one scan per contiguous run of a field
+        # DATA starts on the helper now, whether or not FLAG and WEIGHT_SPECTRUM are done.
+        writer.rotate_by(plan)
+        writer.start_data(table, reader, stop, helper)
         planned.set_result(plan)
         return plan
 
     table = None
+    helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-data")
     try:
         table = mswrite.MainTable(path, n_rows, n_freqs, n_pols, preset=_likely_constants(uvd))
         if table.direct:
@@ -1506,6 +1519,7 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
             table.abandon()  # the caller removes the temporary MS
         raise
     finally:
+        helper.shutdown(wait=True)
         reader.release()
         writer.release()
 
@@ -1520,9 +1534,8 @@ def _write_spectra(reader: _BlockReader, writer: _VisibilityWriter, table: mswri
         A sample count is negative or not finite.
     """
     writer.write_samples(table, reader, stop)
-    writer.rotate_by(planned.result())  # raises what the geometry raised
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="contimg-data") as helper:
-        writer.write_data(table, reader, stop, helper)
+    planned.result()  # raises what the geometry raised; DATA is under way (start_data)
+    writer.write_data(table, reader, stop)
     if stop.is_set():
         return
     weights = writer.weights
