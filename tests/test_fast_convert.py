@@ -165,13 +165,19 @@ def test_main_table_columns_identical(pair, request):
         assert fk.keys() == rk.keys()
         assert all(_same(fk[k], rk[k]) for k in rk if not isinstance(rk[k], str) or not rk[k].startswith("Table:"))
         # pyuvdata's data managers, except that the per-row arrays have a fixed
-        # shape in a TiledColumnStMan (contimg.mswrite.main_table_layout).
+        # shape in a TiledColumnStMan and the times are in a StandardStMan
+        # (contimg.mswrite.main_table_layout).
         fixed = set(mswrite.fixed_shape_columns(1, 1))
-        expected = {
-            m["NAME"]: ("TiledColumnStMan" if set(m["COLUMNS"]) <= fixed and not fallback else m["TYPE"],
-                        sorted(m["COLUMNS"]))
-            for m in r.getdminfo().values()
-        }
+        times = {"TIME", "TIME_CENTROID"}
+
+        def manager(m):
+            if fallback:
+                return m["TYPE"]
+            if set(m["COLUMNS"]) <= fixed:
+                return "TiledColumnStMan"
+            return "StandardStMan" if set(m["COLUMNS"]) <= times else m["TYPE"]
+
+        expected = {m["NAME"]: (manager(m), sorted(m["COLUMNS"])) for m in r.getdminfo().values()}
         assert {m["NAME"]: (m["TYPE"], sorted(m["COLUMNS"])) for m in f.getdminfo().values()} == expected
         for col in set() if fallback else fixed:
             assert f.getcoldesc(col)["shape"].tolist() == list(r.getcell(col, 0).shape), col
