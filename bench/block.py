@@ -270,7 +270,7 @@ def print_run(name: str, rec: dict, phot: dict) -> dict:
     print(f"== {name}: block {rec['block_id']} {rec['state']} {rec.get('reason') or ''}")
     print(f"   wall (submit -> done, bench clock) {b['wall_s']:.1f} s; recorded block_wall_s {st['block_wall_s']}; "
           f"cluster start {b['cluster_start_s']:.1f} s; load average {os.getloadavg()[0]:.2f}")
-    print(f"   per-subband stages, summed over 16 subbands: " +
+    print("   per-subband stages, summed over 16 subbands: " +
           ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in st["sum"].items()))
     for node, d in sorted(st["per_node"].items()):
         print(f"   {node}: " + ", ".join(f"{k[:-2]} {v:.1f} s" for k, v in d.items()) + f" (sum {sum(d.values()):.1f} s)")

@@ -967,14 +967,6 @@ def source_of(cfg: Config, key: str) -> str:
     return "derived"
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    return v
-
-
 def to_toml(cfg: Config) -> str:
     """Serialise the effective configuration as TOML (workers read it back)."""
     lines: list[str] = []

@@ -116,7 +116,6 @@ def configure(cfg: _config.Config) -> Celery:
 
 def current_config() -> _config.Config:
     """The configuration this process was configured with (loaded on first use)."""
-    global _current
     if _current is None:
         configure(_config.load())
     assert _current is not None
