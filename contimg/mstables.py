@@ -3,11 +3,15 @@
 ``noise.py`` (the radiometer expectation) and ``primary_beam.py`` (the drift
 beam) both need each data description's spectral window and its channels.
 The fast converter (``fast_convert.py``) writes POINTING with
-:func:`write_pointing`, pyuvdata's table in a fraction of pyuvdata's time.
+:func:`write_pointing`, pyuvdata's table in a fraction of pyuvdata's time, and
+lays out again the subtables that the telescope and the subband fix
+(:func:`write_or_reuse`).
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -100,3 +104,79 @@ def write_pointing(ms: str | Path, uvd) -> None:
         for col in ("DIRECTION", "TARGET"):
             if not np.array_equal(t.getcol(col), every_row):
                 t.putcol(col, np.ascontiguousarray(every_row))
+
+
+# ---------------------------------------------------------------------------
+# subtables that the telescope and the subband fix, written once per process
+# ---------------------------------------------------------------------------
+
+_written: OrderedDict[tuple, tuple[tuple[str, bytes], ...]] = OrderedDict()
+_MAX_WRITTEN = 64
+"""Subtables kept (a few kB each): ANTENNA, DATA_DESCRIPTION and POLARIZATION
+of a telescope, SPECTRAL_WINDOW of each of its 16 subbands, with room."""
+
+
+def _fingerprint(value) -> object:
+    """A hashable stand-in for a value that a subtable writer reads: arrays by type, shape and bytes."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, slice):
+        return ("slice", value.start, value.stop, value.step)
+    if isinstance(value, (list, tuple)):
+        return tuple(_fingerprint(v) for v in value)
+    a = np.asarray(value)
+    if a.dtype == object:
+        return ("object", a.shape, tuple(_fingerprint(v) for v in a.ravel().tolist()))
+    return (a.dtype.str, a.shape, a.tobytes())
+
+
+def subtable_inputs(uvd, name: str, pol_order=None) -> tuple:
+    """Everything pyuvdata's writer of subtable ``name`` reads from ``uvd`` (its ``write_ms_*``; pyuvdata 3.x).
+
+    Only the subtables fixed by the telescope (ANTENNA, POLARIZATION,
+    DATA_DESCRIPTION) and by the subband (SPECTRAL_WINDOW); the others hold
+    times and the phase centre, which change from block to block.
+    """
+    import pyuvdata
+
+    tel = uvd.telescope
+    if name == "ANTENNA":
+        loc = tel._location
+        values = (tel.antenna_numbers, list(tel.antenna_names), tel.antenna_positions, tel.antenna_diameters,
+                  None if tel.mount_type is None else list(tel.mount_type), loc.xyz(), loc.frame, loc.ellipsoid)
+    elif name == "DATA_DESCRIPTION":
+        values = (uvd.Nspws, uvd.flex_spw_polarization_array)
+    elif name == "POLARIZATION":
+        values = (uvd.polarization_array, uvd.flex_spw_polarization_array, pol_order)
+    elif name == "SPECTRAL_WINDOW":
+        freq_range = uvd.freq_range if "_freq_range" in uvd else None
+        values = (freq_range, uvd.freq_array, uvd.channel_width, uvd.flex_spw_id_array, uvd.spw_array)
+    else:
+        raise ValueError(f"{name} changes from block to block; write it every time")
+    return (name, pyuvdata.__version__, _fingerprint(values))
+
+
+def write_or_reuse(ms: str | Path, name: str, inputs: tuple, write: Callable[[], None]) -> bool:
+    """Write subtable ``name`` of ``ms`` with ``write()``, or lay out the files it wrote for the same inputs.
+
+    ``inputs`` (:func:`subtable_inputs`) holds everything the writer reads;
+    equal inputs give the same bytes, whatever the MS's path (casacore keeps
+    no path in a subtable). The table's directory must hold only files (a
+    casacore table does). Returns whether the files were reused.
+    """
+    table = Path(ms) / name
+    files = _written.get(inputs)
+    if files is not None:
+        _written.move_to_end(inputs)
+        for f in table.iterdir():
+            f.unlink()
+        for fname, content in files:
+            (table / fname).write_bytes(content)
+        return True
+    write()
+    entries = sorted(table.iterdir())
+    if all(f.is_file() for f in entries):
+        _written[inputs] = tuple((f.name, f.read_bytes()) for f in entries)
+        while len(_written) > _MAX_WRITTEN:
+            _written.popitem(last=False)
+    return False

@@ -422,6 +422,45 @@ def test_wrong_preset_guess_is_written_over(raw_files, tmp_path, monkeypatch):
         np.testing.assert_array_equal(_column(Path(wrong.ms_path), col), _column(Path(right.ms_path), col))
 
 
+def test_fixed_subtables_written_once_per_inputs(raw_files, tmp_path, monkeypatch):
+    """ANTENNA, DATA_DESCRIPTION, POLARIZATION, SPECTRAL_WINDOW: laid out again for the same inputs only."""
+    import collections
+
+    from pyuvdata import UVData
+    from pyuvdata.utils.io import ms as ms_utils
+
+    from contimg import mstables
+
+    monkeypatch.setattr(mstables, "_written", collections.OrderedDict())
+    calls = []
+    for name in ("write_ms_antenna", "write_ms_data_description", "write_ms_polarization",
+                 "write_ms_spectral_window"):
+        monkeypatch.setattr(ms_utils, name, lambda *a, _f=getattr(ms_utils, name), _n=name, **k:
+                            calls.append(_n) or _f(*a, **k))
+    first = fast_convert.convert_subband_fast(raw_files["simulated"], tmp_path / "first.ms")
+    assert len(calls) == 4
+    # AIPS polarization order: POLARIZATION's inputs differ; the same channels, one window.
+    fast_convert.convert_subband_fast(raw_files["awkward"], tmp_path / "awkward.ms")
+    awkward = calls[4:]
+    assert "write_ms_polarization" in awkward
+    assert "write_ms_spectral_window" not in awkward and "write_ms_data_description" not in awkward
+    again = fast_convert.convert_subband_fast(raw_files["simulated"], tmp_path / "again.ms")
+    assert len(calls) == 4 + len(awkward)  # all four laid out again
+    for sub in ("ANTENNA", "DATA_DESCRIPTION", "POLARIZATION", "SPECTRAL_WINDOW"):
+        with _table(Path(first.ms_path), sub) as a, _table(Path(again.ms_path), sub) as b:
+            assert a.nrows() == b.nrows() and a.colnames() == b.colnames(), sub
+            for col in a.colnames():
+                assert all(_same(x, y) for x, y in zip(_cells(a, col), _cells(b, col), strict=True)), f"{sub}.{col}"
+    # Any input changed, another entry.
+    uvd = UVData.from_file(str(raw_files["simulated"]), file_type="uvh5", read_data=False, run_check=False)
+    before = {n: mstables.subtable_inputs(uvd, n) for n in ("ANTENNA", "SPECTRAL_WINDOW")}
+    uvd.telescope.antenna_positions = uvd.telescope.antenna_positions + 1e-9
+    uvd.freq_array = uvd.freq_array + 1.0
+    assert all(mstables.subtable_inputs(uvd, n) != before[n] for n in before)
+    with pytest.raises(ValueError, match="FIELD"):
+        mstables.subtable_inputs(uvd, "FIELD")
+
+
 # ---------------------------------------------------------------------------
 # the metadata checks: header, and the MS as written
 # ---------------------------------------------------------------------------
