@@ -22,16 +22,21 @@ the time and memory. The split of the work:
   step, and pyuvdata's complex64 values bit for bit: :func:`_data_kernel`), conjugated as pyuvdata's ``write_ms`` does
   (``flip_conj``) and reordered (ascending channels, CASA polarization
   order, ant1 < ant2) by numba kernels, and written straight into the
-  table's tile files (:class:`mswrite.MainTable`), in a second thread while
-  this one writes the other columns and the subtables through casacore. Each
-  byte of the file is read once and no full-size copy of the visibilities is
-  ever held.
+  table's tile files (:class:`mswrite.MainTable`). Two passes over the rows,
+  each a numba call per thread that never takes the GIL
+  (:class:`_VisibilityWriter`): FLAG, WEIGHT_SPECTRUM and WEIGHT while this
+  thread computes the geometry, then DATA on two threads, while this one
+  writes the other columns and the subtables through casacore. Each byte of
+  the file is read once and no full-size copy of the visibilities is ever
+  held.
 - **Skeleton and subtables as pyuvdata's.** The main table has pyuvdata's
   columns and data managers, except fixed-shape tiled DATA, FLAG,
-  WEIGHT_SPECTRUM, WEIGHT and SIGMA (:func:`mswrite.main_table_layout`); the
-  subtables are written by the pyuvdata functions ``write_ms`` itself calls,
-  from the same metadata, except POINTING (:func:`mstables.write_pointing`,
-  the same cells).
+  WEIGHT_SPECTRUM, WEIGHT and SIGMA and plain TIME and TIME_CENTROID
+  (:func:`mswrite.main_table_layout`); the subtables are written by the
+  pyuvdata functions ``write_ms`` itself calls, from the same metadata, except
+  POINTING (:func:`mstables.write_pointing`, the same cells); those the
+  telescope and the subband fix are laid out again from the first write
+  (:func:`mstables.write_or_reuse`).
 
 Rows are in the file's order, as in the pyuvdata path. SIGMA, which pyuvdata
 leaves undefined where WEIGHT is 0, is 0 there. The MS is written to a
@@ -1457,11 +1462,11 @@ def _write_ms(uvd, data: _Data, geometry, src: Path, path: Path, meanwhile=lambd
 
     ``geometry()`` (:func:`_geometry`, on this thread) makes the plan. When
     the big columns are written directly (:class:`mswrite.MainTable`), a
-    second thread reads, turns and writes them (the numba kernels and the
-    writes release the GIL): first FLAG and WEIGHT_SPECTRUM, which need no
-    geometry, while this one does the geometry; then DATA, while this one
+    second thread turns and writes FLAG and WEIGHT_SPECTRUM, which need no
+    geometry, while this one does the geometry; DATA then starts on a helper
+    thread, which the second joins when it is done with FLAG, while this one
     writes the other columns and the subtables through casacore and calls
-    ``meanwhile()``. Otherwise one after the other.
+    ``meanwhile()`` (:class:`_VisibilityWriter`). Otherwise one after the other.
     """
     n_rows, n_freqs, n_pols = int(uvd.Nblts), int(uvd.Nfreqs), int(uvd.Npols)
     row_map, conj_rows = _RowMap.from_header(uvd)
