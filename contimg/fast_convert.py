@@ -1145,12 +1145,12 @@ def _fetch_add(typingctx, counter, value):
 
 
 @numba.njit(cache=True, nogil=True)
-def _next_block(counter, stop, n_blocks):
-    """The next block nobody has taken (-1: none left, or ``stop`` is set)."""
-    if _fetch_add(stop, 0) != 0:
-        return -1
-    k = _fetch_add(counter, 1)
-    return k if k < n_blocks else -1
+def _next_block(counter, stop, starts, stops):
+    """The next block nobody has taken, and its first and last-plus-one rows (-1: none left, or ``stop`` is set)."""
+    k = -1 if _fetch_add(stop, 0) != 0 else _fetch_add(counter, 1)
+    if k < 0 or k >= starts.size:
+        return -1, 0, 0
+    return k, starts[k], stops[k]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1188,10 +1188,9 @@ def _samples_pass(flags, nsamples, row0, starts, stops, counter, stop, flag_bits
     """
     flag_row, ws_row = flag_bits.shape[1], nsamples.shape[1] * nsamples.shape[2] * 4
     while True:
-        k = _next_block(counter, stop, starts.size)
+        k, lo, hi = _next_block(counter, stop, starts, stops)
         if k < 0:
             return -1, 0
-        lo, hi = starts[k], stops[k]
         n = hi - lo
         f, s = flags[lo - row0:hi - row0], nsamples[lo - row0:hi - row0]
         bits = flag_bits[:n]
@@ -1217,10 +1216,9 @@ def _data_pass(vis, row0, starts, stops, counter, stop, data, dw_over_c, freq_hz
     """DATA of blocks of rows (:func:`_data_kernel`), written to its tile file; as :func:`_samples_pass`."""
     data_row = data.shape[1] * data.shape[2] * 8
     while True:
-        k = _next_block(counter, stop, starts.size)
+        k, lo, hi = _next_block(counter, stop, starts, stops)
         if k < 0:
             return -1, 0
-        lo, hi = starts[k], stops[k]
         n = hi - lo
         v, out = vis[lo - row0:hi - row0], data[:n]
         _data_kernel(v, out, v.reshape(n, -1).view(v.real.dtype), out.reshape(n, -1).view(np.float32),
