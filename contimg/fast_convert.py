@@ -584,7 +584,8 @@ class _RowMap:
 
     def same_as(self, other: _RowMap) -> bool:
         return (self.identity == other.identity and np.array_equal(self.chan_dst, other.chan_dst)
-                and np.array_equal(self.pol_src, other.pol_src) and np.array_equal(self.pol_src_conj, other.pol_src_conj))
+                and np.array_equal(self.pol_src, other.pol_src)
+                and np.array_equal(self.pol_src_conj, other.pol_src_conj))
 
 
 def _check_layout(plan: _Plan, row_map: _RowMap, conj_rows: np.ndarray) -> None:
@@ -1386,7 +1387,8 @@ class _VisibilityWriter:
         if fds is not None:
             (vis,) = reader.whole(reader.DATA)
             counter = np.zeros(1, dtype=np.int64)
-            self._pass = (vis, counter, fds, helper.submit(self._data, vis, 0, self.blocks, counter, stop, 1, fds, True))
+            other = helper.submit(self._data, vis, 0, self.blocks, counter, stop, 1, fds, True)
+            self._pass = (vis, counter, fds, other)
 
     def write_data(self, table: mswrite.MainTable, reader: _BlockReader, stop: _Stop) -> None:
         """DATA of every row (after :meth:`start_data`): this thread's share of the pass, or block by block.
@@ -1419,7 +1421,7 @@ class _VisibilityWriter:
                 reader.done(*self.blocks[k - 1], reader.DATA)
 
     def _samples_parts(self, lo: int, hi: int, turn: int, nsamples: np.ndarray) -> list:
-        """The FLAG and WEIGHT_SPECTRUM bytes of the block ``lo``-``hi`` as last turned (``nsamples``: its counts as read)."""
+        """FLAG and WEIGHT_SPECTRUM of the block ``lo``-``hi`` as last turned (``nsamples``: its counts as read)."""
         n = hi - lo
         return [("FLAG", self.flag_bits[turn][:n]),
                 ("WEIGHT_SPECTRUM", nsamples if self.map.identity else self.nsamples[turn][:n])]

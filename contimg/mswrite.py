@@ -81,8 +81,9 @@ def main_table_layout(n_freqs: int, n_pols: int) -> tuple[dict, dict]:
     TIME and TIME_CENTROID go from IncrementalStMan to StandardStMan (writing
     them takes a tenth of the time). Every other column keeps pyuvdata's
     description and data manager, with casacore's default bucket size (32 kB,
-    not pyuvdata's 128 bytes) for the StandardStMan ones. One spectral window per MS means one cell shape per
-    column, which is what a fixed shape requires; CASA and WSClean read
+    not pyuvdata's 128 bytes) for the StandardStMan ones. One spectral
+    window per MS means one cell shape per column, which is what a fixed
+    shape requires; CASA and WSClean read
     either kind. A tile is :data:`TILE_ELEMENTS` elements' worth of whole
     cells, so that it is a run of consecutive rows.
 
@@ -439,7 +440,8 @@ class MainTable:
             if row < n_rows:
                 raw = os.pread(self._files[name].fileno(), c.row_bytes, row * c.row_bytes)
                 if name == "FLAG":
-                    value = np.unpackbits(np.frombuffer(raw, np.uint8), count=int(np.prod(self.cell)), bitorder="little")
+                    value = np.unpackbits(np.frombuffer(raw, np.uint8), count=int(np.prod(self.cell)),
+                                          bitorder="little")
                 else:
                     value = np.frombuffer(raw, dtype=_DTYPES[name])
                 self._probes[name, row] = value.astype(_DTYPES[name]).reshape(self.cell)
