@@ -392,12 +392,12 @@ class _BlockReader:
     SAMPLES = (1, 2)
     """:meth:`read` the flags and the sample counts."""
 
-    def read(self, start: int, stop: int, which: tuple[int, ...] = (0, 1, 2)) -> tuple[np.ndarray, ...]:
+    def read(self, start: int, stop: int, which: tuple[int, ...]) -> tuple[np.ndarray, ...]:
         """Rows ``start`` to ``stop`` of the data sets ``which`` (0 visdata, 1 flags, 2 nsamples)."""
         if self._mapped is not None:
             return tuple(self._mapped[k][0][start:stop] for k in which)
         n = stop - start
-        turn = self._turn.setdefault(which, 0)
+        turn = self._turn[which]
         buffers, self._turn[which] = self._buffers[turn], 1 - turn
         src = np.s_[start:stop, 0] if self.data.spw_axis else np.s_[start:stop]
         out = []
@@ -419,7 +419,7 @@ class _BlockReader:
         """The data sets ``which``, whole, as views of the mapped file (only when :attr:`mapped`)."""
         return tuple(self._mapped[k][0] for k in which)
 
-    def done(self, start: int, stop: int, which: tuple[int, ...] = (0, 1, 2)) -> None:
+    def done(self, start: int, stop: int, which: tuple[int, ...]) -> None:
         """Rows ``start`` to ``stop`` of the data sets ``which`` are written: let their mapped pages go."""
         if self._mapped is None:
             return
@@ -1212,6 +1212,12 @@ def _samples_pass(flags, nsamples, row0, starts, stops, counter, stop, flag_bits
 
 
 @numba.njit(cache=True, nogil=True)
+def _flat(a):
+    """Rows of complex values as rows of their real and imaginary parts in turn (the same memory)."""
+    return a.reshape(a.shape[0], -1).view(a.real.dtype)
+
+
+@numba.njit(cache=True, nogil=True)
 def _data_pass(vis, row0, starts, stops, counter, stop, data, dw_over_c, freq_hz, rotate, recurrence, conj, chan_dst,
                pol_src, pol_src_conj, formula, fd_data, release):
     """DATA of blocks of rows (:func:`_data_kernel`), written to its tile file; as :func:`_samples_pass`."""
@@ -1222,7 +1228,7 @@ def _data_pass(vis, row0, starts, stops, counter, stop, data, dw_over_c, freq_hz
             return -1, 0
         n = hi - lo
         v, out = vis[lo - row0:hi - row0], data[:n]
-        _data_kernel(v, out, v.reshape(n, -1).view(v.real.dtype), out.reshape(n, -1).view(np.float32),
+        _data_kernel(v, out, _flat(v), _flat(out),
                      dw_over_c[lo:hi], freq_hz, rotate, recurrence, conj[lo:hi], chan_dst, pol_src, pol_src_conj,
                      formula)
         if fd_data >= 0 and not _write_all(fd_data, out.ctypes.data, n * data_row, lo * data_row):
@@ -1446,11 +1452,6 @@ class _VisibilityWriter:
             while written < len(raw):
                 written += os.pwrite(fds[name], raw[written:], lo * row_bytes + written)
         raise OSError(errno.EIO, f"writing rows {lo}-{hi} failed, then succeeded when redone; the disk is unreliable")
-
-
-def _flat(a: np.ndarray) -> np.ndarray:
-    """Rows of complex values as rows of their real and imaginary parts in turn (the same memory)."""
-    return a.reshape(a.shape[0], -1).view(a.real.dtype)
 
 
 class _InvalidSampleCounts(Exception):
